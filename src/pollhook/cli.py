@@ -1,0 +1,309 @@
+"""The thin command line: parse arguments, call the library, print, exit.
+
+Exit codes (CONTRACT.md): 0 success, 2 usage or configuration error, 1 anything
+else. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import __version__
+from .config import Config, default_state_path, load_config, parse_duration
+from .errors import ConfigError, PollhookError, UsageError
+from .output import print_json, print_table, when
+
+log = logging.getLogger("pollhook")
+
+
+def _db_path(args: argparse.Namespace, config: Config | None) -> Path:
+    if getattr(args, "db", None):
+        return Path(args.db)
+    if config is not None and config.state is not None:
+        state = config.state.expanduser()
+        return state if state.is_absolute() else config.path.parent / state
+    return default_state_path()
+
+
+def _optional_config(args: argparse.Namespace) -> Config | None:
+    """Inspection commands need the config only for `state:`; a missing default file is fine."""
+    path = Path(args.config)
+    if not path.exists() and args.config == "sources.yaml":
+        return None
+    return load_config(path)
+
+
+def _open_store(args: argparse.Namespace, config: Config | None):  # type: ignore[no-untyped-def]
+    from .store import Store
+
+    path = _db_path(args, config)
+    if not path.exists():
+        raise UsageError(f"{path}: no state file yet (run `pollhook run` first, or pass --db)")
+    return Store(path)
+
+
+# -- commands ----------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config and exit; contacts no source or subscriber.
+
+    example: pollhook check -c /etc/pollhook/sources.yaml
+    """
+    config = load_config(args.config)
+    print(
+        f"ok: {config.path} is valid ({len(config.sources)} sources, "
+        f"{len(config.subscribers)} subscribers)"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Poll every source on its schedule and deliver webhooks until SIGTERM/SIGINT.
+
+    SIGHUP reloads the config. With --once: poll every source once, make the
+    first delivery attempt of everything due, exit (1 if any poll failed).
+
+    example: pollhook run -c sources.yaml
+    example: pollhook run --once   # from cron
+    """
+    from .daemon import Daemon
+
+    config = load_config(args.config)
+    db_path = _db_path(args, config)
+
+    async def main() -> int:
+        async with Daemon(config, db_path) as daemon:
+            if args.once:
+                results = await daemon.run_once()
+                failed = [r for r in results if not r.ok]
+                for r in failed:
+                    print(f"pollhook: source {r.source} failed: {r.error}", file=sys.stderr)
+                return 1 if failed else 0
+            await daemon.run()
+            return 0
+
+    return asyncio.run(main())
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    """List recent deliveries with status, attempts and last error.
+
+    example: pollhook deliveries --status dead --subscriber helpdesk
+    example: pollhook deliveries --attempts 42   # every attempt of delivery 42
+    """
+    store = _open_store(args, _optional_config(args))
+    try:
+        if args.attempts is not None:
+            rows = store.attempts_of(args.attempts)
+            if args.json:
+                print_json(rows)
+            else:
+                print_table(
+                    rows, [("at", "at", when), ("status", "status_code", None),
+                           ("ms", "duration_ms", lambda v: f"{v:.0f}"), ("error", "error", None),
+                           ("response", "response_body", lambda v: (v or "")[:60])],
+                )  # fmt: skip
+            return 0
+        rows = store.list_deliveries(
+            status=args.status, subscriber=args.subscriber, event_id=args.event, limit=args.limit
+        )
+    finally:
+        store.close()
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        rows,
+        [("id", "id", None), ("event", "event_id", None), ("type", "type", None),
+         ("source", "source", None), ("key", "key", None), ("subscriber", "subscriber", None),
+         ("status", "status", None), ("tries", "attempts", None),
+         ("next", "next_attempt_at", when), ("last", "last_status", None),
+         ("error", "last_error", lambda v: (v or "")[:50])],
+    )  # fmt: skip
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Send an event again, or every dead delivery of a subscriber.
+
+    A running daemon picks replayed deliveries up within a second.
+
+    example: pollhook replay msg_0193a1b2c3d4e5f6a7b8c9 --subscriber helpdesk
+    example: pollhook replay --dead --subscriber helpdesk --since 2h
+    """
+    config = _optional_config(args)
+    store = _open_store(args, config)
+    now = time.time()
+    try:
+        if args.dead:
+            if not args.subscriber:
+                raise UsageError("replay --dead needs --subscriber NAME")
+            since = _parse_since(args.since, now) if args.since else 0.0
+            count = store.replay_dead(args.subscriber, since, now)
+            print(f"queued {count} dead deliveries of {args.subscriber} again")
+            return 0
+        if not args.event:
+            raise UsageError("replay needs an EVENT_ID, or --dead --subscriber NAME")
+        if not store.event_exists(args.event):
+            raise UsageError(f"no event {args.event!r} in {store.path}")
+        if args.subscriber:
+            targets = [args.subscriber]
+        else:
+            targets = store.event_subscribers(args.event)
+            if not targets:
+                raise UsageError(
+                    f"event {args.event} had no subscribers; name one with --subscriber"
+                )
+        known = {s.name for s in config.subscribers} if config else None
+        unknown = [t for t in targets if known is not None and t not in known]
+        if unknown:
+            raise UsageError(f"subscriber {unknown[0]!r} is not in {config.path if config else ''}")
+        count = store.replay_event(args.event, targets, now)
+        print(f"queued event {args.event} again for {count} subscriber(s): {', '.join(targets)}")
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Resume a subscriber paused by a 410 Gone answer; its kept deliveries go out again.
+
+    example: pollhook resume helpdesk
+    """
+    store = _open_store(args, _optional_config(args))
+    try:
+        if store.resume_subscriber(args.subscriber):
+            print(f"resumed {args.subscriber}")
+            return 0
+        print(f"{args.subscriber} was not paused")
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the offline demo: a changing local API, a verifying receiver, pollhook between.
+
+    example: pollhook demo --duration 60
+    """
+    from .demo import run_demo
+
+    return run_demo(duration=args.duration, config_path=Path(args.config))
+
+
+def _parse_since(text: str, now: float) -> float:
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since {text!r}: use a duration like 2h or an ISO time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+# -- parser --------------------------------------------------------------------------
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "check": cmd_check,
+    "demo": cmd_demo,
+    "deliveries": cmd_deliveries,
+    "replay": cmd_replay,
+    "resume": cmd_resume,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pollhook",
+        description="Poll sources declared in sources.yaml, detect keyed changes, "
+        "deliver them as signed webhooks.",
+    )
+    parser.add_argument("--version", action="version", version=f"pollhook {__version__}")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, **kwargs: object) -> argparse.ArgumentParser:
+        func = COMMANDS[name]
+        doc = (func.__doc__ or "").strip()
+        p = sub.add_parser(
+            name, help=doc.splitlines()[0], description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        p.add_argument(
+            "-c", "--config", default="sources.yaml", help="config file (default: ./sources.yaml)"
+        )
+        p.set_defaults(func=func)
+        return p
+
+    run = command("run")
+    run.add_argument(
+        "--once", action="store_true", help="poll everything once, attempt due deliveries, exit"
+    )
+    run.add_argument("--db", help="state file (overrides `state:` in the config)")
+    command("check")
+    demo = command("demo")
+    demo.add_argument(
+        "--duration", type=float, default=30.0, help="seconds to run (0: until Ctrl-C)"
+    )
+    dl = command("deliveries")
+    dl.add_argument("--db", help="state file")
+    dl.add_argument("--status", choices=["pending", "failed", "dead", "delivered"])
+    dl.add_argument("--subscriber")
+    dl.add_argument("--event", help="only deliveries of this event id")
+    dl.add_argument(
+        "--attempts", type=int, metavar="DELIVERY_ID", help="show every attempt of one delivery"
+    )
+    dl.add_argument("--limit", type=int, default=50)
+    dl.add_argument("--json", action="store_true", help="machine-readable output")
+    rp = command("replay")
+    rp.add_argument("event", nargs="?", metavar="EVENT_ID")
+    rp.add_argument("--subscriber", help="only this subscriber (default: every one it went to)")
+    rp.add_argument(
+        "--dead", action="store_true", help="replay every dead delivery of --subscriber"
+    )
+    rp.add_argument(
+        "--since", help="with --dead: only deliveries created since (2h, or an ISO time)"
+    )
+    rp.add_argument("--db", help="state file")
+    rs = command("resume")
+    rs.add_argument("subscriber")
+    rs.add_argument("--db", help="state file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except (ConfigError, UsageError) as exc:
+        print(f"pollhook: error: {exc}", file=sys.stderr)
+        return 2
+    except PollhookError as exc:
+        print(f"pollhook: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

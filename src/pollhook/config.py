@@ -1,0 +1,498 @@
+"""Load sources.yaml once into frozen, validated objects.
+
+Every problem becomes one ConfigError line naming the file, the line and the
+key, so `pollhook check` and a SIGHUP reload can refuse a bad file before it
+touches anything. Unknown keys are errors: a typo must never silently
+disable a feature (urlwatch's silent merge is the thing not to copy).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import hashlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jmespath
+import jmespath.exceptions
+
+from ._yaml import LineList, LineMap, load_yaml
+from .errors import ConfigError
+
+CHANGE_EVENTS = ("item.created", "item.updated", "item.deleted", "document.changed")
+HEALTH_EVENTS = ("source.failing", "source.recovered")
+EVENT_TYPES = CHANGE_EVENTS + HEALTH_EVENTS
+DEFAULT_RETRY = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, None: 1,
+}  # fmt: skip
+_VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_FIELD_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """Politeness and safety limits shared by every poll."""
+
+    max_per_host: int = 10
+    timeout: float = 30.0
+    max_body_size: int = 100 * 1000**2
+
+
+@dataclass(frozen=True)
+class Source:
+    """One upstream to poll, as declared in the config."""
+
+    name: str
+    url: str
+    interval: float
+    items: str = "@"
+    key: str = "id"
+    method: str = "GET"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    ignore: tuple[str, ...] = ()
+    timeout: float | None = None
+    emit_initial: bool = False
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the detection settings: a change re-baselines silently."""
+        text = "\0".join([self.items, self.key, *sorted(self.ignore)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    """One webhook receiver and what it wants."""
+
+    name: str
+    url: str
+    secrets: tuple[str, ...] = ()
+    sources: frozenset[str] | None = None
+    events: frozenset[str] | None = None
+    retry: tuple[float, ...] = DEFAULT_RETRY
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = 15.0
+    max_in_flight: int = 10
+
+    def wants(self, source: str, event_type: str) -> bool:
+        """Routing rule of CONTRACT.md: no `events` means every change event."""
+        if self.sources is not None and source not in self.sources:
+            return False
+        if self.events is None:
+            return event_type in CHANGE_EVENTS
+        return event_type in self.events
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    path: Path
+    sources: tuple[Source, ...]
+    subscribers: tuple[Subscriber, ...] = ()
+    state: Path | None = None
+    http: HttpSettings = HttpSettings()
+
+    def source(self, name: str) -> Source | None:
+        return next((s for s in self.sources if s.name == name), None)
+
+    def subscriber(self, name: str) -> Subscriber | None:
+        return next((s for s in self.subscribers if s.name == name), None)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from `30`, `500ms`, `30s`, `5m`, `1h` or `1d`; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(str(value))
+        if not match:
+            raise ValueError(value)
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not seconds > 0 or seconds > 366 * 86400:
+        raise ValueError(value)
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from `1048576`, `100MB`, `64KiB`; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE_RE.match(str(value))
+        if not match:
+            raise ValueError(value)
+        unit = match.group(2).lower() if match.group(2) else None
+        size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if size <= 0:
+        raise ValueError(value)
+    return size
+
+
+def default_state_path() -> Path:
+    """`$STATE_DIRECTORY/pollhook.db` under systemd, else `./pollhook.db`."""
+    state_dir = os.environ.get("STATE_DIRECTORY")
+    if state_dir:
+        return Path(state_dir.split(":")[0]) / "pollhook.db"
+    return Path("pollhook.db")
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate `path`; raise ConfigError with file, line and key."""
+    path = Path(path)
+    data = load_yaml(path)
+    return _Validator(path, os.environ if env is None else env).config(data)
+
+
+class _Validator:
+    """Walks the loaded YAML, producing typed objects or one precise error."""
+
+    def __init__(self, path: Path, env: Mapping[str, str]) -> None:
+        self.path = path
+        self.env = env
+
+    # -- error helpers -------------------------------------------------------
+
+    def fail(self, line: int | None, where: str, message: str) -> ConfigError:
+        at = f", line {line}" if line else ""
+        prefix = f"{where}: " if where else ""
+        return ConfigError(f"{self.path}{at}: {prefix}{message}")
+
+    def keys(
+        self, node: Any, where: str, line: int | None, required: tuple[str, ...],
+        optional: tuple[str, ...],
+    ) -> LineMap:  # fmt: skip
+        if not isinstance(node, LineMap):
+            raise self.fail(line, where, f"must be a mapping, got {_kind(node)}")
+        allowed = required + optional
+        for key in node:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                known = "" if close else f" (known keys: {', '.join(allowed)})"
+                raise self.fail(node.key_lines[key], where, f"unknown key '{key}'{hint}{known}")
+        for key in required:
+            if key not in node:
+                raise self.fail(node.line, where, f"missing required key '{key}'")
+        return node
+
+    # -- scalar helpers ------------------------------------------------------
+
+    def text(self, node: LineMap, key: str, where: str, default: str | None = None) -> str:
+        value = node.get(key, default)
+        if value is None:
+            raise self.fail(node.key_lines.get(key, node.line), where, f"'{key}' must not be empty")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.fail(node.key_lines.get(key), where, f"'{key}' must be a string")
+        return self.interpolate(str(value), node.key_lines.get(key), f"{where}.{key}")
+
+    def interpolate(self, value: str, line: int | None, where: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, default = match.group(1), match.group(2)
+            if name in self.env:
+                return self.env[name]
+            if default is not None:
+                return default
+            raise self.fail(line, where, f"environment variable '{name}' is not set")
+
+        return _VAR_RE.sub(replace, value)
+
+    def convert(
+        self, node: LineMap, key: str, where: str, parse: Callable[[Any], Any], what: str
+    ) -> Any:
+        raw = node[key]
+        if isinstance(raw, str):
+            raw = self.interpolate(raw, node.key_lines.get(key), f"{where}.{key}")
+        try:
+            return parse(raw)
+        except (ValueError, TypeError):
+            raise self.fail(
+                node.key_lines.get(key), where, f"'{key}': {raw!r} is not {what}"
+            ) from None
+
+    def duration(self, node: LineMap, key: str, where: str, default: float) -> float:
+        if key not in node:
+            return default
+        return float(
+            self.convert(node, key, where, parse_duration, "a duration (e.g. 500ms, 30s, 5m, 1h)")
+        )
+
+    def positive_int(self, node: LineMap, key: str, where: str, default: int) -> int:
+        if key not in node:
+            return default
+
+        def parse(value: Any) -> int:
+            if isinstance(value, bool) or int(value) != value or int(value) < 1:
+                raise ValueError(value)
+            return int(value)
+
+        return int(self.convert(node, key, where, parse, "a whole number of at least 1"))
+
+    def boolean(self, node: LineMap, key: str, where: str, default: bool) -> bool:
+        value = node.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(node.key_lines.get(key), where, f"'{key}' must be true or false")
+        return value
+
+    def string_list(self, node: LineMap, key: str, where: str) -> tuple[tuple[str, int], ...]:
+        value = node[key]
+        if isinstance(value, str):
+            value = LineList([value])
+            value.item_lines = [node.key_lines[key]]
+        if not isinstance(value, LineList):
+            raise self.fail(node.key_lines[key], where, f"'{key}' must be a list of strings")
+        out = []
+        for item, line in zip(value, value.item_lines, strict=True):
+            if not isinstance(item, str | int) or isinstance(item, bool):
+                raise self.fail(line, where, f"'{key}' entries must be strings, got {_kind(item)}")
+            out.append((self.interpolate(str(item), line, f"{where}.{key}"), line))
+        return tuple(out)
+
+    def headers(self, node: LineMap, where: str) -> dict[str, str]:
+        if "headers" not in node:
+            return {}
+        value = node["headers"]
+        if not isinstance(value, LineMap):
+            raise self.fail(node.key_lines["headers"], where, "'headers' must be a mapping")
+        out = {}
+        for name in value:
+            line = value.key_lines[name]
+            if not isinstance(name, str) or not re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", name):
+                raise self.fail(line, where, f"header name {name!r} is not valid")
+            if value[name] is None or isinstance(value[name], LineMap | LineList):
+                raise self.fail(line, where, f"header '{name}' must have a plain value")
+            text = self.interpolate(str(value[name]), line, f"{where}.headers.{name}")
+            if "\n" in text or "\r" in text:
+                raise self.fail(line, where, f"header '{name}' must not contain line breaks")
+            out[name] = text
+        return out
+
+    def url(self, node: LineMap, where: str) -> str:
+        url = self.text(node, "url", where)
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise self.fail(node.key_lines["url"], where, f"'url' must be an http(s) URL: {url!r}")
+        return url
+
+    def name(self, node: LineMap, where: str, seen: dict[str, int]) -> str:
+        name = self.text(node, "name", where)
+        line = node.key_lines["name"]
+        if not NAME_RE.match(name):
+            raise self.fail(line, where, f"name {name!r} may use only letters, digits, '-' and '_'")
+        if name in seen:
+            raise self.fail(line, where, f"duplicate name '{name}' (first at line {seen[name]})")
+        seen[name] = line
+        return name
+
+    def jmespath_expr(self, node: LineMap, key: str, where: str, default: str) -> str:
+        expr = self.text(node, key, where, default)
+        try:
+            jmespath.compile(expr)
+        except jmespath.exceptions.JMESPathError as exc:
+            msg = str(exc).splitlines()[0]
+            raise self.fail(
+                node.key_lines.get(key), where, f"'{key}': bad JMESPath {expr!r}: {msg}"
+            ) from None
+        return expr
+
+    def list_of(self, node: LineMap, key: str) -> LineList:
+        value = node.get(key)
+        if value is None:
+            return LineList()
+        if not isinstance(value, LineList):
+            raise self.fail(node.key_lines[key], "", f"'{key}' must be a list")
+        return value
+
+    # -- sections ------------------------------------------------------------
+
+    def config(self, data: Any) -> Config:
+        if data is None:
+            raise self.fail(None, "", "config file is empty (expected a 'sources' list)")
+        top = self.keys(data, "", 1, ("sources",), ("state", "subscribers", "http"))
+        http = self.http(top)
+        sources_node = self.list_of(top, "sources")
+        if not sources_node:
+            raise self.fail(top.key_lines["sources"], "", "'sources' must list at least one source")
+        seen: dict[str, int] = {}
+        sources = tuple(
+            self.source(item, line, index, seen)
+            for index, (item, line) in enumerate(
+                zip(sources_node, sources_node.item_lines, strict=True)
+            )
+        )
+        names = {s.name for s in sources}
+        seen = {}
+        subs_node = self.list_of(top, "subscribers")
+        subscribers = tuple(
+            self.subscriber(item, line, index, seen, names)
+            for index, (item, line) in enumerate(zip(subs_node, subs_node.item_lines, strict=True))
+        )
+        state = Path(self.text(top, "state", "")) if "state" in top else None
+        return Config(self.path, sources, subscribers, state, http)
+
+    def http(self, top: LineMap) -> HttpSettings:
+        if "http" not in top:
+            return HttpSettings()
+        node = self.keys(
+            top["http"], "http", top.key_lines["http"], (),
+            ("max_per_host", "timeout", "max_body_size"),
+        )  # fmt: skip
+        default = HttpSettings()
+        max_body = default.max_body_size
+        if "max_body_size" in node:
+            max_body = self.convert(
+                node, "max_body_size", "http", parse_size, "a size (e.g. 100MB)"
+            )
+        return HttpSettings(
+            max_per_host=self.positive_int(node, "max_per_host", "http", default.max_per_host),
+            timeout=self.duration(node, "timeout", "http", default.timeout),
+            max_body_size=max_body,
+        )
+
+    def source(self, node: Any, line: int, index: int, seen: dict[str, int]) -> Source:
+        where = f"sources[{index}]"
+        if isinstance(node, LineMap) and isinstance(node.get("name"), str):
+            where = f"source '{node['name']}'"
+        node = self.keys(
+            node, where, line, ("name", "url", "interval"),
+            ("method", "headers", "items", "key", "ignore", "timeout", "emit_initial"),
+        )  # fmt: skip
+        name = self.name(node, where, seen)
+        method = self.text(node, "method", where, "GET").upper()
+        if method not in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "QUERY"):
+            raise self.fail(node.key_lines.get("method"), where, f"unknown HTTP method {method!r}")
+        ignore: tuple[str, ...] = ()
+        if "ignore" in node:
+            ignore = tuple(
+                self.field_path(p, ln, where) for p, ln in self.string_list(node, "ignore", where)
+            )
+        return Source(
+            name=name,
+            url=self.url(node, where),
+            interval=self.duration(node, "interval", where, 0),
+            items=self.jmespath_expr(node, "items", where, "@"),
+            key=self.jmespath_expr(node, "key", where, "id"),
+            method=method,
+            headers=self.headers(node, where),
+            ignore=ignore,
+            timeout=self.duration(node, "timeout", where, 0) or None,
+            emit_initial=self.boolean(node, "emit_initial", where, False),
+        )
+
+    def field_path(self, path: str, line: int, where: str) -> str:
+        if not _FIELD_PATH_RE.match(path):
+            raise self.fail(
+                line,
+                where,
+                f"'ignore': {path!r} must be a field path like 'updated_at' or 'meta.etag'",
+            )
+        return path
+
+    def subscriber(
+        self, node: Any, line: int, index: int, seen: dict[str, int], sources: set[str]
+    ) -> Subscriber:
+        where = f"subscribers[{index}]"
+        if isinstance(node, LineMap) and isinstance(node.get("name"), str):
+            where = f"subscriber '{node['name']}'"
+        node = self.keys(
+            node, where, line, ("name", "url"),
+            ("secret", "sources", "events", "retry", "headers", "timeout", "max_in_flight"),
+        )  # fmt: skip
+        name = self.name(node, where, seen)
+        only_sources = None
+        if "sources" in node:
+            only_sources = frozenset(self.known(node, "sources", where, sources, "source"))
+        events = None
+        if "events" in node:
+            events = frozenset(self.known(node, "events", where, set(EVENT_TYPES), "event type"))
+        retry: tuple[float, ...] = DEFAULT_RETRY
+        if "retry" in node:
+            retry = self.retry(node, where)
+        return Subscriber(
+            name=name,
+            url=self.url(node, where),
+            secrets=self.secrets(node, where),
+            sources=only_sources,
+            events=events,
+            retry=retry,
+            headers=self.headers(node, where),
+            timeout=self.duration(node, "timeout", where, 15.0),
+            max_in_flight=self.positive_int(node, "max_in_flight", where, 10),
+        )
+
+    def known(self, node: LineMap, key: str, where: str, allowed: set[str], what: str) -> set[str]:
+        out = set()
+        for value, line in self.string_list(node, key, where):
+            if value not in allowed:
+                close = difflib.get_close_matches(value, sorted(allowed), n=1, cutoff=0.6)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise self.fail(line, where, f"'{key}': unknown {what} '{value}'{hint}")
+            out.add(value)
+        return out
+
+    def retry(self, node: LineMap, where: str) -> tuple[float, ...]:
+        value = node["retry"]
+        line = node.key_lines["retry"]
+        if not isinstance(value, LineList):
+            raise self.fail(line, where, "'retry' must be a list of durations, e.g. [5s, 5m, 1h]")
+        delays = []
+        for item, item_line in zip(value, value.item_lines, strict=True):
+            try:
+                delays.append(parse_duration(item))
+            except ValueError:
+                raise self.fail(item_line, where, f"'retry': {item!r} is not a duration") from None
+        return tuple(delays)
+
+    def secrets(self, node: LineMap, where: str) -> tuple[str, ...]:
+        if "secret" not in node or node["secret"] in ("", None):
+            return ()
+        out = []
+        for secret, line in self.string_list(node, "secret", where):
+            secret = secret.strip()
+            if not secret:
+                continue
+            problem = secret_problem(secret)
+            if problem:
+                raise self.fail(line, where, f"'secret' {problem}")
+            out.append(secret)
+        return tuple(out)
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why `secret` is not a Standard Webhooks secret (`whsec_` + base64 of 24..64 bytes)."""
+    if not secret.startswith("whsec_"):
+        return "must start with 'whsec_' (Standard Webhooks format)"
+    try:
+        key = base64.b64decode(secret[len("whsec_") :], validate=True)
+    except (binascii.Error, ValueError):
+        return "is not valid base64 after 'whsec_'"
+    if not 24 <= len(key) <= 64:
+        return f"must decode to 24..64 bytes, got {len(key)}"
+    return None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, LineMap):
+        return "a mapping"
+    if isinstance(value, LineList):
+        return "a list"
+    if value is None:
+        return "nothing"
+    return f"{type(value).__name__} {value!r}"

@@ -1,0 +1,266 @@
+"""The delivery worker: take due deliveries from the outbox and POST them.
+
+At least once: a delivery stays `pending` in SQLite until its outcome is
+recorded, so a process killed mid-attempt resends it on restart with the
+same `webhook-id`. Each subscriber has its own in-flight limit, so a receiver
+that hangs or fails never delays the others (Convoy #1926). Outcomes are
+written in batches: one transaction per burst of completions, not per POST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from standardwebhooks.webhooks import Webhook
+
+from .config import Subscriber
+from .fetch import USER_AGENT
+from .retry import delivery_delay, parse_retry_after
+from .store import DueDelivery, Outcome, Store
+
+log = logging.getLogger("pollhook.deliver")
+
+RESPONSE_KEEP = 4096
+IDLE_WAKE = 1.0
+DbCall = Callable[..., Awaitable[Any]]
+
+
+def signature_header(secrets: Iterable[str], msg_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<sig>` per secret, space-separated, so receivers can rotate secrets."""
+    when = datetime.fromtimestamp(timestamp, UTC)
+    text = body.decode("utf-8")
+    return " ".join(_webhook(s).sign(msg_id, when, text) for s in secrets)
+
+
+_WEBHOOKS: dict[str, Webhook] = {}
+
+
+def _webhook(secret: str) -> Webhook:
+    if secret not in _WEBHOOKS:
+        _WEBHOOKS[secret] = Webhook(secret)
+    return _WEBHOOKS[secret]
+
+
+class DeliveryWorker:
+    """Delivers the outbox; one instance per daemon, owning every attempt task."""
+
+    def __init__(
+        self, db: DbCall, client: httpx.AsyncClient, subscribers: tuple[Subscriber, ...]
+    ) -> None:
+        self.db = db
+        self.client = client
+        self.subscribers = {s.name: s for s in subscribers}
+        self.in_flight: dict[str, set[int]] = {}
+        self.paused: dict[str, str] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._outcomes: list[Outcome] = []
+        self._outcome_ready = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._once_limits: dict[str, asyncio.Semaphore] = {}
+
+    # -- control ----------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New deliveries may be due (a poll committed, an attempt finished)."""
+        self._wake.set()
+
+    def reconfigure(self, subscribers: tuple[Subscriber, ...]) -> None:
+        self.subscribers = {s.name: s for s in subscribers}
+        self.wake()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Deliver until `stopping` is set; then stop taking new work."""
+        self._flusher = asyncio.create_task(self._flush_forever())
+        while not stopping.is_set():
+            self._wake.clear()
+            timeout = await self._dispatch(time.time())
+            wake = asyncio.create_task(self._wake.wait())
+            stop = asyncio.create_task(stopping.wait())
+            await asyncio.wait({wake, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            wake.cancel()
+            stop.cancel()
+
+    async def drain_due(self) -> None:
+        """`run --once`: one attempt for every delivery due now, then return."""
+        now = time.time()
+        self.paused = await self.db(Store.paused_subscribers)
+        for sub in self._active():
+            due = await self.db(Store.due_deliveries, sub.name, now, 1_000_000)
+            for delivery in due:
+                self._start(sub, delivery, limit=True)
+        await self.close(grace=None)
+
+    async def close(self, grace: float | None) -> None:
+        """Wait for in-flight attempts (up to `grace` seconds), cancel the rest, flush."""
+        if self.tasks:
+            _done, pending = await asyncio.wait(set(self.tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+                log.info("abandoned %d in-flight deliveries; they resume on restart", len(pending))
+        if self._flusher:
+            self._flusher.cancel()
+        await self._flush()
+
+    # -- dispatch -----------------------------------------------------------------
+
+    def _active(self) -> list[Subscriber]:
+        return [s for s in self.subscribers.values() if s.name not in self.paused]
+
+    async def _dispatch(self, now: float) -> float:
+        """Start every due delivery a subscriber has room for; return how long to sleep."""
+        self.paused = await self.db(Store.paused_subscribers)
+        for sub in self._active():
+            flying = self.in_flight.setdefault(sub.name, set())
+            free = sub.max_in_flight - len(flying)
+            if free <= 0:
+                continue
+            for delivery in await self.db(Store.due_deliveries, sub.name, now, free, set(flying)):
+                self._start(sub, delivery)
+        next_due: float | None = await self.db(Store.next_due_at, [s.name for s in self._active()])
+        if next_due is None or next_due <= now:
+            return IDLE_WAKE
+        return min(IDLE_WAKE, next_due - now)
+
+    def _start(self, sub: Subscriber, delivery: DueDelivery, limit: bool = False) -> None:
+        self.in_flight.setdefault(sub.name, set()).add(delivery.id)
+        task = asyncio.create_task(self._attempt(sub, delivery, limit))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _attempt(self, sub: Subscriber, delivery: DueDelivery, limit: bool) -> None:
+        if limit:  # run --once starts everything at once; keep the per-subscriber cap
+            sem = self._once_limits.setdefault(sub.name, asyncio.Semaphore(sub.max_in_flight))
+            async with sem:
+                outcome = await attempt(self.client, sub, delivery)
+        else:
+            outcome = await attempt(self.client, sub, delivery)
+        if outcome.status_code == 410:
+            await self._pause(sub)
+        self._outcomes.append(outcome)
+        self._outcome_ready.set()
+
+    async def _pause(self, sub: Subscriber) -> None:
+        if sub.name in self.paused:
+            return
+        reason = "receiver answered 410 Gone"
+        self.paused[sub.name] = reason
+        await self.db(Store.pause_subscriber, sub.name, reason, time.time())
+        log.warning(
+            "subscriber=%s paused: %s; its deliveries are kept. Resume with"
+            " `pollhook resume %s`", sub.name, reason, sub.name,
+        )  # fmt: skip
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._outcome_ready.wait()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        self._outcome_ready.clear()
+        batch, self._outcomes = self._outcomes, []
+        if not batch:
+            return
+        await self.db(Store.record_outcomes, batch)
+        for outcome in batch:
+            self.in_flight.get(outcome.subscriber, set()).discard(outcome.delivery_id)
+            _log_outcome(outcome)
+        self.wake()
+
+
+async def attempt(client: httpx.AsyncClient, sub: Subscriber, delivery: DueDelivery) -> Outcome:
+    """POST one delivery and decide what happens next. Never raises for receiver faults."""
+    timestamp = int(time.time())
+    headers = dict(sub.headers)
+    headers.update(
+        {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "webhook-id": delivery.event_id,
+            "webhook-timestamp": str(timestamp),
+        }
+    )
+    if sub.secrets:
+        headers["webhook-signature"] = signature_header(
+            sub.secrets, delivery.event_id, timestamp, delivery.body
+        )
+    started = time.monotonic()
+    status: int | None = None
+    body: str | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    try:
+        async with asyncio.timeout(sub.timeout):
+            status, body, retry_after, location = await _post(
+                client, sub.url, delivery.body, headers
+            )
+        if 300 <= status < 400:
+            error = f"redirect to {location or '?'} not followed"
+        elif not 200 <= status < 300:
+            error = f"HTTP {status}"
+    except TimeoutError:
+        error = f"timed out after {sub.timeout:g}s"
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: {exc or 'request failed'}"
+    except OSError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    duration_ms = (time.monotonic() - started) * 1000
+    return _decide(sub, delivery, status, error, body, retry_after, duration_ms)
+
+
+async def _post(
+    client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, str, float | None, str | None]:
+    async with client.stream(
+        "POST", url, content=body, headers=headers, follow_redirects=False
+    ) as r:
+        kept = bytearray()
+        async for chunk in r.aiter_raw():
+            kept += chunk
+            if len(kept) >= RESPONSE_KEEP:
+                break
+        retry_after = parse_retry_after(r.headers.get("retry-after"), time.time())
+        text = bytes(kept[:RESPONSE_KEEP]).decode("utf-8", errors="replace")
+        return r.status_code, text, retry_after, r.headers.get("location")
+
+
+def _decide(
+    sub: Subscriber, delivery: DueDelivery, status: int | None, error: str | None,
+    body: str | None, retry_after: float | None, duration_ms: float,
+) -> Outcome:  # fmt: skip
+    """Delivered, paused (410: the attempt does not count), retried later, or dead."""
+    now = time.time()
+    attempts = delivery.attempts + 1
+    new_status, next_at = "delivered", None
+    if status == 410:
+        new_status, attempts, next_at = "pending", delivery.attempts, now
+    elif error is not None:
+        delay = delivery_delay(sub.retry, attempts, retry_after)
+        new_status = "dead" if delay is None else "pending"
+        next_at = None if delay is None else now + delay
+    return Outcome(
+        delivery_id=delivery.id, at=now, status_code=status, duration_ms=duration_ms, error=error,
+        response_body=body, new_status=new_status, attempts=attempts, next_attempt_at=next_at,
+        subscriber=sub.name, event_id=delivery.event_id,
+    )  # fmt: skip
+
+
+def _log_outcome(o: Outcome) -> None:
+    if o.new_status == "delivered":
+        log.info("subscriber=%s event=%s delivered (HTTP %s, %.0fms)",
+                 o.subscriber, o.event_id, o.status_code, o.duration_ms)  # fmt: skip
+    elif o.new_status == "dead":
+        log.error("subscriber=%s event=%s dead after %d attempts: %s",
+                  o.subscriber, o.event_id, o.attempts, o.error)  # fmt: skip
+    elif o.status_code != 410:
+        wait = (o.next_attempt_at or o.at) - o.at
+        log.warning("subscriber=%s event=%s attempt %d failed: %s; retry in %.1fs",
+                    o.subscriber, o.event_id, o.attempts, o.error, wait)  # fmt: skip

@@ -1,0 +1,52 @@
+"""The one exception tree of pollhook.
+
+    PollhookError                 root: everything pollhook raises on purpose
+    ├── ConfigError               bad or unreadable configuration (exit code 2)
+    ├── StateError                the state file cannot be opened, locked or written
+    │   └── LockedError           another pollhook process holds the state file
+    ├── SourceError               one poll failed: nothing from it is recorded
+    │   ├── FetchError            network, status, size or timeout problem upstream
+    │   └── ExtractError          the body does not parse or has the wrong shape
+    └── UsageError                a command was given arguments it cannot act on (exit 2)
+
+Third-party errors (httpx, sqlite3, yaml, jmespath) are translated where they
+enter; only the CLI turns these into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+
+class PollhookError(Exception):
+    """Root of every error pollhook raises on purpose."""
+
+
+class ConfigError(PollhookError):
+    """The configuration is invalid; the message names file, line and key."""
+
+
+class UsageError(PollhookError):
+    """A command's arguments cannot be acted on."""
+
+
+class StateError(PollhookError):
+    """The state file cannot be used."""
+
+
+class LockedError(StateError):
+    """Another pollhook process already runs on this state file."""
+
+
+class SourceError(PollhookError):
+    """A poll failed; it changes no state and sends no events."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class FetchError(SourceError):
+    """The upstream could not be fetched (network, status, size, timeout)."""
+
+
+class ExtractError(SourceError):
+    """The body does not parse, or items/keys are not what the config says."""

@@ -1,0 +1,127 @@
+"""Fetch one source over HTTP, politely, and return its body or a FetchError.
+
+A bad fetch must be an error, never a diff: error statuses, timeouts, bodies
+over the size limit and cut-off transfers all raise FetchError, and the poll
+then writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from . import __version__
+from .config import HttpSettings, Source
+from .errors import FetchError
+from .retry import parse_retry_after
+
+USER_AGENT = f"pollhook/{__version__}"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A complete response: `body` is None for a 304 Not Modified."""
+
+    status: int
+    body: bytes | None
+    content_type: str
+    etag: str | None
+    last_modified: str | None
+
+
+class HostLimits:
+    """Per-host concurrency caps, so many sources on one host never hammer it."""
+
+    def __init__(self, max_per_host: int) -> None:
+        self.max_per_host = max_per_host
+        self._semaphores: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(self.max_per_host)
+        )
+
+    def for_url(self, url: str) -> asyncio.Semaphore:
+        parts = urlsplit(url)
+        return self._semaphores[f"{parts.hostname}:{parts.port}"]
+
+
+async def fetch(
+    client: httpx.AsyncClient, source: Source, http: HttpSettings, limits: HostLimits,
+    etag: str | None = None, last_modified: str | None = None,
+) -> Fetched:  # fmt: skip
+    """GET (or the source's method) with conditional headers, a total timeout and a size cap."""
+    headers = {
+        "user-agent": USER_AGENT,
+        "accept": "application/json, */*;q=0.5",
+        "accept-encoding": "gzip, deflate",
+    }
+    headers.update(source.headers)
+    if etag:
+        headers["if-none-match"] = etag
+    if last_modified:
+        headers["if-modified-since"] = last_modified
+    timeout = source.timeout or http.timeout
+    async with limits.for_url(source.url):
+        try:
+            async with asyncio.timeout(timeout):
+                return await _request(client, source, headers, http.max_body_size)
+        except TimeoutError:
+            raise FetchError(f"timed out after {timeout:g}s") from None
+        except httpx.TooManyRedirects:
+            raise FetchError("too many redirects") from None
+        except httpx.HTTPError as exc:
+            raise FetchError(f"{type(exc).__name__}: {exc or 'request failed'}") from None
+
+
+async def _request(
+    client: httpx.AsyncClient, source: Source, headers: dict[str, str], max_body: int
+) -> Fetched:
+    async with client.stream(
+        source.method, source.url, headers=headers, follow_redirects=True
+    ) as response:
+        status = response.status_code
+        if status == 304:
+            return Fetched(304, None, "", etag=None, last_modified=None)
+        if not 200 <= status < 300:
+            retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
+            raise FetchError(f"HTTP {status}", retry_after=retry_after)
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_body:
+            raise FetchError(f"body of {int(declared)} bytes exceeds max_body_size {max_body}")
+        chunks, size = [], 0
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > max_body:
+                raise FetchError(f"body exceeds max_body_size {max_body}")
+            chunks.append(chunk)
+        body = _decode(b"".join(chunks), response.headers.get("content-encoding", ""), max_body)
+        return Fetched(
+            status=status,
+            body=body,
+            content_type=response.headers.get("content-type", ""),
+            etag=response.headers.get("etag"),
+            last_modified=response.headers.get("last-modified"),
+        )
+
+
+def _decode(raw: bytes, encoding: str, max_body: int) -> bytes:
+    """Undo gzip/deflate ourselves, capping the decompressed size too (no zip bombs)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding not in ("gzip", "deflate"):
+        raise FetchError(f"unsupported content-encoding {encoding!r}")
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        body = inflater.decompress(raw, max_body + 1)
+    except zlib.error as exc:
+        raise FetchError(f"body does not decompress ({encoding}): {exc}") from None
+    if len(body) > max_body or inflater.unconsumed_tail:
+        raise FetchError(f"decompressed body exceeds max_body_size {max_body}")
+    if not inflater.eof:
+        raise FetchError(f"compressed body is truncated ({encoding})")
+    return body

@@ -1,0 +1,42 @@
+"""Human tables and JSON for the inspection commands."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+Column = tuple[str, str, Callable[[Any], str] | None]
+
+
+def when(value: float | None) -> str:
+    """A stored Unix time as a short UTC timestamp."""
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[title for title, _, _ in columns]]
+    for row in rows:
+        cells.append(
+            [
+                "-" if row.get(field) is None and fmt is None else (fmt or str)(row.get(field))
+                for _, field, fmt in columns
+            ]
+        )
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for line in cells:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")

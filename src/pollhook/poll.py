@@ -1,0 +1,204 @@
+"""One poll of one source: fetch → extract → diff → one transaction.
+
+Nothing is written unless the whole poll succeeded; a failure only updates
+the source's health record. Health events are sent once when a source starts
+failing and once when it recovers, never once per failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from .config import Config, Source, Subscriber
+from .diff import Delta, changes_for, compare
+from .errors import SourceError
+from .events import build_event, iso_timestamp
+from .extract import Item, extract_items, parse_json
+from .fetch import Fetched, HostLimits, fetch
+from .store import PollWrite, SourceState, Store
+
+log = logging.getLogger("pollhook.poll")
+
+DbCall = Callable[..., Awaitable[Any]]
+
+FAILING_AFTER = 3
+MASS_DELETE_MIN = 10
+MASS_DELETE_RATIO = 0.10
+INLINE_PARSE_LIMIT = 256 * 1024
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """What one poll did, for the scheduler's backoff and for `run --once`."""
+
+    source: str
+    ok: bool
+    events: int = 0
+    error: str | None = None
+    retry_after: float | None = None
+    failures: int = 0
+
+
+class Poller:
+    """Runs polls; owns nothing but borrows the client, the store runner and the config."""
+
+    def __init__(
+        self, db: DbCall, client: httpx.AsyncClient, config: Config,
+        on_events: Callable[[], None] = lambda: None,
+    ) -> None:  # fmt: skip
+        self.db = db
+        self.client = client
+        self.config = config
+        self.limits = HostLimits(config.http.max_per_host)
+        self.on_events = on_events
+
+    def reconfigure(self, config: Config) -> None:
+        if config.http.max_per_host != self.config.http.max_per_host:
+            self.limits = HostLimits(config.http.max_per_host)
+        self.config = config
+
+    async def poll(self, source: Source) -> PollResult:
+        """Poll once; never raises for upstream problems (they become a failed result)."""
+        state: SourceState | None = await self.db(Store.source_state, source.name)
+        settled = state is not None and state.fingerprint == source.fingerprint
+        started = time.monotonic()
+        try:
+            fetched = await fetch(
+                self.client, source, self.config.http, self.limits,
+                etag=state.etag if settled and state else None,
+                last_modified=state.last_modified if settled and state else None,
+            )  # fmt: skip
+            if fetched.body is None:
+                await self.db(Store.record_unchanged, source.name, time.time())
+                log.debug("source=%s not modified", source.name)
+                count = 0
+            else:
+                items = await _extract(source, fetched.body)
+                count = await self.db(
+                    _commit, source, state, items, fetched, self.config.subscribers, time.time()
+                )
+        except SourceError as exc:
+            return await self._failed(source, state, exc)
+        if state is not None and state.health == "failing":
+            await self._health(
+                source, "ok", "source.recovered", {"failures": state.consecutive_failures}
+            )
+            log.info(
+                "source=%s recovered after %d failures", source.name, state.consecutive_failures
+            )
+        elapsed = time.monotonic() - started
+        if count:
+            log.info("source=%s poll ok events=%d in %.0fms", source.name, count, elapsed * 1000)
+            self.on_events()
+        return PollResult(source.name, ok=True, events=count)
+
+    async def _failed(
+        self, source: Source, state: SourceState | None, exc: SourceError
+    ) -> PollResult:
+        error = str(exc)
+        failures: int = await self.db(Store.record_failure, source.name, error, time.time())
+        log.warning("source=%s poll failed (%d in a row): %s", source.name, failures, error)
+        healthy = state is None or state.health != "failing"
+        if failures >= FAILING_AFTER and healthy:
+            await self._health(
+                source, "failing", "source.failing", {"failures": failures, "error": error}
+            )
+        return PollResult(
+            source.name, ok=False, error=error, retry_after=exc.retry_after, failures=failures
+        )
+
+    async def _health(
+        self, source: Source, health: str, event_type: str, info: dict[str, Any]
+    ) -> None:
+        now = time.time()
+        data = {"source": source.name, "at": iso_timestamp(now), **info}
+        event = build_event(source.name, event_type, None, data, self.config.subscribers, now)
+        await self.db(
+            Store.set_health, source.name, health, [event] if event.subscribers else [], now
+        )
+        if event.subscribers:
+            self.on_events()
+
+
+async def _extract(source: Source, body: bytes) -> dict[str, Item]:
+    """Parse and key the body; large bodies go to a thread to keep the loop responsive."""
+
+    def work() -> dict[str, Item]:
+        return extract_items(parse_json(body), source.items, source.key, source.ignore)
+
+    if len(body) <= INLINE_PARSE_LIMIT:
+        return work()
+    return await asyncio.to_thread(work)
+
+
+def _commit(
+    store: Store, source: Source, state: SourceState | None, items: Mapping[str, Item],
+    fetched: Fetched, subscribers: Sequence[Subscriber], now: float,
+) -> int:  # fmt: skip
+    """Diff against the stored state and write everything in one transaction (DB thread)."""
+    stored = store.item_hashes(source.name)
+    baseline = state is None or state.fingerprint != source.fingerprint
+    held: set[str] = set()
+    if baseline:
+        delta = Delta(created=list(items), deleted=[k for k in stored if k not in items])
+        changes = []
+        if state is None and source.emit_initial:
+            changes = changes_for(Delta(created=list(items)), items, {})
+        elif state is not None and state.fingerprint is not None:
+            log.info("source=%s detection settings changed: re-baselined silently", source.name)
+    else:
+        delta = compare(stored, items)
+        delta, held = _hold_mass_delete(source, delta, state, len(stored))
+        previous = store.item_values(source.name, delta.updated + delta.deleted)
+        changes = changes_for(delta, items, previous)
+    events = [
+        build_event(source.name, c.type, c.key, c.data(source.name), subscribers, now)
+        for c in changes
+    ]
+    upserts = [
+        (key, items[key].hash, orjson.dumps(items[key].value))
+        for key in delta.created + delta.updated
+    ]
+    store.commit_poll(
+        PollWrite(
+            source=source.name,
+            fingerprint=source.fingerprint,
+            upserts=upserts,
+            deletes=delta.deleted,
+            events=events,
+            items_count=len(items) + len(held),
+            etag=fetched.etag,
+            last_modified=fetched.last_modified,
+            held_deletes=orjson.dumps(sorted(held)).decode() if held else None,
+        ),
+        now,
+    )
+    return len(events)
+
+
+def _hold_mass_delete(
+    source: Source, delta: Delta, state: SourceState | None, tracked: int
+) -> tuple[Delta, set[str]]:
+    """Hold back a mass deletion until the next complete poll confirms it."""
+    previously_held = (
+        set(orjson.loads(state.held_deletes)) if state and state.held_deletes else set()
+    )
+    confirmed = [k for k in delta.deleted if k in previously_held]
+    rest = [k for k in delta.deleted if k not in previously_held]
+    everything = bool(rest) and len(rest) == tracked  # an empty list is as suspect as a flood
+    if everything or (len(rest) > MASS_DELETE_MIN and len(rest) > MASS_DELETE_RATIO * tracked):
+        log.warning(
+            "source=%s %d of %d items vanished at once: holding the deletion until the next poll"
+            " confirms it",
+            source.name, len(rest), tracked,
+        )  # fmt: skip
+        return Delta(delta.created, delta.updated, confirmed), set(rest)
+    return Delta(delta.created, delta.updated, confirmed + rest), set()

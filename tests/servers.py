@@ -1,0 +1,152 @@
+"""Real HTTP servers on 127.0.0.1 for end-to-end tests: upstreams and receivers.
+
+Every wait here is bounded and wakes on the observable event (a request
+served, a webhook received), never on a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+WAIT = 30.0  # generous bound for a loaded 2-core machine; tests wake as soon as they can
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float = field(default_factory=time.time)
+    status: int = 0
+
+
+# A reply is (status, headers, body bytes); a responder may also sleep or hang.
+Reply = tuple[int, dict[str, str], bytes]
+
+
+class _Server:
+    """A threaded HTTP server that records requests and answers via `respond`."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self.cond = threading.Condition()
+        self.release = threading.Event()  # set to free handlers that hang
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                req = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                status, headers, payload = server.respond(req, self)
+                if status < 0:  # the responder took over the socket
+                    return
+                req.status = status
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                if "content-length" not in {k.lower() for k in headers}:
+                    self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+                with server.cond:
+                    server.requests.append(req)
+                    server.cond.notify_all()
+
+            do_GET = do_POST = do_PUT = do_HEAD = _handle
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def respond(self, req: Request, handler: BaseHTTPRequestHandler) -> Reply:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        with self.cond:
+            return len(self.requests)
+
+    def wait_for(self, n: int, timeout: float = WAIT) -> list[Request]:
+        """Block until at least `n` requests were answered; fail the test otherwise."""
+        with self.cond:
+            ok = self.cond.wait_for(lambda: len(self.requests) >= n, timeout)
+            if not ok:
+                raise AssertionError(f"waited {timeout}s for {n} requests, got {len(self.requests)}")
+            return list(self.requests)
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class Upstream(_Server):
+    """A 'legacy API' serving a JSON list the test mutates; `fault` simulates outages."""
+
+    def __init__(self, items: list[dict[str, Any]] | None = None) -> None:
+        self.items: list[dict[str, Any]] = items or []
+        self.fault: Callable[[Request, BaseHTTPRequestHandler], Reply] | None = None
+        self.wrap: Callable[[list[dict[str, Any]]], Any] = lambda items: items
+        super().__init__()
+
+    def respond(self, req: Request, handler: BaseHTTPRequestHandler) -> Reply:
+        if self.fault is not None:
+            return self.fault(req, handler)
+        body = json.dumps(self.wrap(self.items)).encode()
+        return 200, {"content-type": "application/json"}, body
+
+
+class Receiver(_Server):
+    """A webhook receiver; `plan(i, req)` chooses the reply to the i-th request."""
+
+    def __init__(self, plan: Callable[[int, Request], Reply] | None = None) -> None:
+        self.plan = plan
+        self.seen = 0
+        self.lock = threading.Lock()
+        super().__init__()
+
+    def respond(self, req: Request, handler: BaseHTTPRequestHandler) -> Reply:
+        with self.lock:
+            index = self.seen
+            self.seen += 1
+        if self.plan is not None:
+            return self.plan(index, req)
+        return 204, {}, b""
+
+    def events(self) -> list[dict[str, Any]]:
+        with self.cond:
+            return [json.loads(r.body) for r in self.requests]
+
+    def accepted(self) -> list[Request]:
+        """Requests this receiver answered with a 2xx."""
+        with self.cond:
+            return [r for r in self.requests if 200 <= r.status < 300]
+
+    def wait_accepted(self, n: int, timeout: float = WAIT) -> list[Request]:
+        """Block until `n` requests were answered with 2xx."""
+        with self.cond:
+            ok = self.cond.wait_for(
+                lambda: sum(200 <= r.status < 300 for r in self.requests) >= n, timeout
+            )
+            if not ok:
+                raise AssertionError(f"waited {timeout}s for {n} accepted webhooks")
+        return self.accepted()
