@@ -293,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is too much
     try:
         return int(args.func(args))
     except (ConfigError, UsageError) as exc:
