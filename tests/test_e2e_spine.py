@@ -31,7 +31,7 @@ def test_create_update_delete_reach_the_receiver_once_each(upstream, receiver, w
     proc = daemon(write_config(config_for(upstream, receiver))).start()
     upstream.wait_for(2)  # baseline recorded, one more poll seen: nothing sent for existing items
 
-    upstream.items = upstream.items + [{"id": 2, "status": "open", "updated_at": "t1"}]
+    upstream.items = [*upstream.items, {"id": 2, "status": "open", "updated_at": "t1"}]
     receiver.wait_accepted(1)
     upstream.items = [{"id": 1, "status": "closed", "updated_at": "t2"}, upstream.items[1]]
     receiver.wait_accepted(2)

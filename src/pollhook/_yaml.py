@@ -20,12 +20,20 @@ class LineMap(dict[Any, Any]):
     line: int = 0
     key_lines: dict[Any, int]
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.key_lines = {}
+
 
 class LineList(list[Any]):
     """A list that knows its own line and the line of each item."""
 
     line: int = 0
     item_lines: list[int]
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.item_lines = [0] * len(self)
 
 
 class _Loader(yaml.SafeLoader):

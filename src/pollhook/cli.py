@@ -189,6 +189,64 @@ def cmd_resume(args: argparse.Namespace) -> int:
         store.close()
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show each source's last poll and health, and each subscriber's backlog.
+
+    example: pollhook status
+    example: pollhook status --json | jq '.sources[] | select(.outcome != "ok")'
+    """
+    from .report import source_status, subscriber_status
+
+    config = _optional_config(args)
+    store = _open_store(args, config)
+    try:
+        sources, subscribers = source_status(store, config), subscriber_status(store, config)
+    finally:
+        store.close()
+    if args.json:
+        print_json({"sources": sources, "subscribers": subscribers})
+        return 0
+    print_table(
+        sources,
+        [("source", "name", None), ("outcome", "outcome", None), ("last poll", "last_poll_at", when),
+         ("items", "items_count", None), ("failures", "consecutive_failures", None),
+         ("next poll (est.)", "next_poll_at", when),
+         ("last error", "last_error", lambda v: (v or "")[:60])],
+    )  # fmt: skip
+    print()
+    print_table(
+        subscribers,
+        [("subscriber", "name", None), ("pending", "pending", None), ("failing", "failing", None),
+         ("dead", "dead", None), ("oldest pending", "oldest_pending_at", when),
+         ("last success", "last_success_at", when), ("paused", "paused", None)],
+    )  # fmt: skip
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """List recently detected events, newest first, with their delivery counts.
+
+    example: pollhook events --source tickets --type item.deleted
+    """
+    from .report import recent_events
+
+    store = _open_store(args, _optional_config(args))
+    try:
+        rows = recent_events(store, source=args.source, event_type=args.type, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        rows,
+        [("event", "id", None), ("type", "type", None), ("source", "source", None),
+         ("key", "key", None), ("detected", "created_at", when),
+         ("delivered", "delivered", None), ("of", "deliveries", None)],
+    )  # fmt: skip
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the offline demo: a changing local API, a verifying receiver, pollhook between.
 
@@ -222,6 +280,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "deliveries": cmd_deliveries,
     "replay": cmd_replay,
     "resume": cmd_resume,
+    "status": cmd_status,
+    "events": cmd_events,
 }
 
 
@@ -280,6 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", help="with --dead: only deliveries created since (2h, or an ISO time)"
     )
     rp.add_argument("--db", help="state file")
+    st = command("status")
+    st.add_argument("--db", help="state file")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    ev = command("events")
+    ev.add_argument("--db", help="state file")
+    ev.add_argument("--source")
+    ev.add_argument("--type", metavar="EVENT_TYPE")
+    ev.add_argument("--limit", type=int, default=50)
+    ev.add_argument("--json", action="store_true", help="machine-readable output")
     rs = command("resume")
     rs.add_argument("subscriber")
     rs.add_argument("--db", help="state file")
@@ -304,6 +373,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: still one line for the user, the traceback at debug level
+        log.debug("internal error", exc_info=True)
+        print(
+            f"pollhook: internal error: {type(exc).__name__}: {exc}"
+            " (run with --log-level debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,112 @@
+"""Read-only views of the state file for `pollhook status` and `pollhook events`.
+
+They read through SQLite's WAL, so they work beside a running daemon and
+never block it.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from .config import Config
+from .retry import source_backoff
+from .store import Store
+
+
+def source_status(store: Store, config: Config | None) -> list[dict[str, Any]]:
+    """One row per source: configured ones first, then ones only the state file knows."""
+    rows = {
+        r["name"]: r
+        for r in store.db.query(
+            "SELECT name, last_poll_at, last_success_at, last_error, last_error_at,"
+            " consecutive_failures, items_count, health FROM sources"
+        )
+    }
+    out = []
+    for source in config.sources if config else ():
+        row = rows.pop(source.name, None) or {"name": source.name, "consecutive_failures": 0}
+        out.append(_with_outcome(row, source.interval))
+    out.extend(_with_outcome(row, None, configured=False) for row in rows.values())
+    return out
+
+
+def _with_outcome(
+    row: dict[str, Any], interval: float | None, configured: bool = True
+) -> dict[str, Any]:
+    row = dict(row)
+    failures = row.get("consecutive_failures") or 0
+    last = row.get("last_poll_at")
+    row["outcome"] = "never polled" if last is None else ("failing" if failures else "ok")
+    if not configured:
+        row["outcome"] = "not in config"
+    row["next_poll_at"] = None
+    if last is not None and interval is not None:
+        wait = source_backoff(interval, failures, None, _NoJitter()) if failures else interval
+        row["next_poll_at"] = last + wait  # an estimate: the daemon adds its own spread
+    return row
+
+
+class _NoJitter(random.Random):
+    """Always 0: gives the upper bound of the jittered backoff."""
+
+    def random(self) -> float:
+        return 0.0
+
+
+def subscriber_status(store: Store, config: Config | None) -> list[dict[str, Any]]:
+    """Pending, failing and dead counts, last success and pause state per subscriber."""
+    counts: dict[str, dict[str, Any]] = {}
+    for sub, status, failing, n in store.db.conn.execute(
+        "SELECT subscriber, status, attempts > 0, COUNT(*) FROM deliveries"
+        " WHERE status != 'delivered' GROUP BY subscriber, status, attempts > 0"
+    ):
+        entry = counts.setdefault(sub, {"pending": 0, "failing": 0, "dead": 0})
+        entry[status] = entry.get(status, 0) + n
+        if status == "pending" and failing:
+            entry["failing"] += n
+    extra = {
+        r["name"]: r
+        for r in store.db.query(
+            "SELECT name, paused_at, paused_reason, last_success_at FROM subscribers"
+        )
+    }
+    oldest = dict(
+        store.db.conn.execute(
+            "SELECT subscriber, MIN(created_at) FROM deliveries WHERE status = 'pending' GROUP BY subscriber"
+        ).fetchall()
+    )
+    names = [s.name for s in config.subscribers] if config else []
+    names += sorted(set(counts) | set(extra) - set(names))
+    return [
+        {
+            "name": name,
+            **counts.get(name, {"pending": 0, "failing": 0, "dead": 0}),
+            "oldest_pending_at": oldest.get(name),
+            "last_success_at": extra.get(name, {}).get("last_success_at"),
+            "paused": extra.get(name, {}).get("paused_reason"),
+            "configured": config is None or name in {s.name for s in config.subscribers},
+        }
+        for name in names
+    ]
+
+
+def recent_events(
+    store: Store, *, source: str | None = None, event_type: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Newest events first, each with how its deliveries stand."""
+    where, args = ["1 = 1"], []
+    if source:
+        where.append("e.source = ?")
+        args.append(source)
+    if event_type:
+        where.append("e.type = ?")
+        args.append(event_type)
+    sql = (
+        "SELECT e.id, e.type, e.source, e.key, e.created_at,"
+        " (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id) AS deliveries,"
+        " (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id AND d.status = 'delivered')"
+        " AS delivered FROM events e"
+        f" WHERE {' AND '.join(where)} ORDER BY e.created_at DESC, e.id DESC LIMIT ?"
+    )
+    return list(store.db.query(sql, [*args, limit]))

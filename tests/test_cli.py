@@ -1,0 +1,88 @@
+"""The command line: help for every command, and the inspection commands on real state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pollhook.cli import COMMANDS, build_parser
+
+from conftest import pollhook
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_has_help_with_an_example(name: str) -> None:
+    doc = COMMANDS[name].__doc__ or ""
+    assert doc.strip(), name
+    assert "example: pollhook" in doc, name
+    result = pollhook(name, "--help")
+    assert result.returncode == 0
+    assert doc.strip().splitlines()[0] in result.stdout
+
+
+def test_top_level_help_lists_every_command() -> None:
+    text = build_parser().format_help()
+    for name in COMMANDS:
+        assert name in text
+
+
+def test_status_and_events_after_polls_without_subscribers(
+    upstream, write_config, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    upstream.items = [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}]
+    cfg = write_config(
+        f"""
+        state: state.db
+        sources:
+          - name: things
+            url: {upstream.url}/things
+            interval: 1h
+        """
+    )
+    assert pollhook("run", "--once", "-c", str(cfg)).returncode == 0  # baseline
+    upstream.items = [{"id": 1, "v": "changed"}, {"id": 3, "v": "c"}]
+    assert pollhook("run", "--once", "-c", str(cfg)).returncode == 0
+    assert (tmp_path / "state.db").exists()  # `state:` is relative to the config file
+
+    status = json.loads(pollhook("status", "--json", "-c", str(cfg)).stdout)
+    [source] = status["sources"]
+    assert source["name"] == "things" and source["outcome"] == "ok"
+    assert source["items_count"] == 2 and source["consecutive_failures"] == 0
+    assert status["subscribers"] == []
+
+    events = json.loads(pollhook("events", "--json", "-c", str(cfg)).stdout)
+    assert sorted((e["type"], e["key"]) for e in events) == [
+        ("item.created", "3"), ("item.deleted", "2"), ("item.updated", "1"),
+    ]  # fmt: skip
+    assert all(e["deliveries"] == 0 for e in events)
+    human = pollhook("events", "--type", "item.deleted", "-c", str(cfg))
+    assert (
+        human.returncode == 0
+        and "item.deleted" in human.stdout
+        and "item.created" not in human.stdout
+    )
+
+
+def test_failed_once_poll_is_reported_and_visible_in_status(write_config) -> None:  # type: ignore[no-untyped-def]
+    cfg = write_config(
+        """
+        state: state.db
+        sources:
+          - name: down
+            url: http://127.0.0.1:9/nothing-listens-here
+            interval: 1m
+        """
+    )
+    result = pollhook("run", "--once", "-c", str(cfg))
+    assert result.returncode == 1
+    assert "source down failed" in result.stderr and "Traceback" not in result.stderr
+    status = json.loads(pollhook("status", "--json", "-c", str(cfg)).stdout)
+    assert status["sources"][0]["outcome"] == "failing"
+    assert status["sources"][0]["last_error"]
+
+
+def test_inspection_without_state_file_is_a_usage_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = pollhook("status", "--db", str(tmp_path / "missing.db"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no state file" in result.stderr and "Traceback" not in result.stderr
