@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,13 +24,16 @@ from httpx_aiohttp import AiohttpTransport
 from .config import Config, load_config
 from .deliver import DeliveryWorker
 from .errors import ConfigError
+from .notify import Notifier
 from .poll import Poller, PollResult
+from .report import pending_count
 from .schedule import PollSchedule
 from .store import Store
 
 log = logging.getLogger("pollhook.daemon")
 
 STOP_GRACE = 5.0
+STATUS_EVERY = 10.0
 
 
 def make_client(max_connections: int = 1000) -> httpx.AsyncClient:
@@ -72,6 +76,7 @@ class Daemon:
         self.poller: Poller
         self.worker: DeliveryWorker
         self.schedule: PollSchedule
+        self.notifier = Notifier()
 
     async def __aenter__(self) -> Daemon:
         store = await asyncio.to_thread(Store, self.db_path)
@@ -93,6 +98,7 @@ class Daemon:
         tb: TracebackType | None,
     ) -> None:
         self.state = "stopping"
+        self.notifier.stopping()
         self.schedule.shutdown()
         for task in self.poll_tasks:
             task.cancel()
@@ -102,6 +108,7 @@ class Daemon:
         if self._own_client:
             await self.client.aclose()
         await asyncio.to_thread(self.db.close)
+        self.notifier.close()
         if exc is None or isinstance(exc, asyncio.CancelledError):
             log.info("stopped cleanly")
         else:
@@ -121,9 +128,11 @@ class Daemon:
             "running: %d sources, %d subscribers, state %s",
             len(self.config.sources), len(self.config.subscribers), self.db_path,
         )  # fmt: skip
+        watch = asyncio.create_task(self._watch())
         try:
             await self.worker.run(self.stopping)
         finally:
+            watch.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
@@ -133,6 +142,36 @@ class Daemon:
         results = await asyncio.gather(*(self._poll(s.name) for s in self.config.sources))
         await self.worker.drain_due()
         return list(results)
+
+    async def _watch(self) -> None:
+        """READY once, then STATUS lines and WATCHDOG pings while the parts are alive."""
+        self.notifier.ready(await self._status_line())
+        tick = min(self.notifier.watchdog_interval or STATUS_EVERY, STATUS_EVERY * 2) / 2
+        last_status = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            if not await self._alive():
+                log.error("a part of the daemon is stuck: withholding the watchdog ping")
+                continue
+            if self.notifier.watchdog_interval:
+                self.notifier.watchdog()
+            if time.monotonic() - last_status >= STATUS_EVERY:
+                self.notifier.status(await self._status_line())
+                last_status = time.monotonic()
+
+    async def _alive(self) -> bool:
+        """The scheduler runs and the store thread answers within a few seconds."""
+        if not self.schedule.scheduler.running:
+            return False
+        try:
+            await asyncio.wait_for(self.db(Store.source_state, ""), timeout=5.0)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _status_line(self) -> str:
+        pending = await self.db(pending_count)
+        return f"{len(self.config.sources)} sources, {pending} deliveries pending"
 
     def stop(self) -> None:
         if not self.stopping.is_set():

@@ -110,3 +110,11 @@ def recent_events(
         f" WHERE {' AND '.join(where)} ORDER BY e.created_at DESC, e.id DESC LIMIT ?"
     )
     return list(store.db.query(sql, [*args, limit]))
+
+
+def pending_count(store: Store) -> int:
+    """Deliveries still to be made (for systemd's STATUS line)."""
+    row = store.db.conn.execute(
+        "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
+    ).fetchone()
+    return int(row[0])

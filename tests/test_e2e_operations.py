@@ -1,0 +1,74 @@
+"""Running as a service: systemd notify over a real socket, SIGHUP reload, signals."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+
+from conftest import wait_until
+
+
+def test_notify_socket_gets_ready_watchdog_and_stopping(
+    upstream, write_config, daemon, tmp_path, monkeypatch
+):  # type: ignore[no-untyped-def]
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(30)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    cfg = write_config(f"sources:\n  - name: a\n    url: {upstream.url}/a\n    interval: 1h\n")
+    proc = daemon(cfg).start()
+
+    def receive_until(wanted: str) -> list[str]:
+        seen = []
+        while True:
+            message = sock.recv(4096).decode()
+            seen.append(message)
+            if wanted in message.splitlines():
+                return seen
+
+    first = receive_until("READY=1")
+    assert len(first) == 1 and "STATUS=1 sources, 0 deliveries pending" in first[0]
+    receive_until("WATCHDOG=1")
+    receive_until("WATCHDOG=1")
+    proc.signal(signal.SIGTERM)
+    receive_until("STOPPING=1")
+    assert proc.wait() == 0
+    sock.close()
+
+
+def test_sighup_applies_new_sources_and_refuses_a_broken_file(upstream, write_config, daemon):  # type: ignore[no-untyped-def]
+    one = f"""
+        sources:
+          - name: a
+            url: {upstream.url}/a
+            interval: 200ms
+        """
+    cfg = write_config(one)
+    proc = daemon(cfg).start()
+    wait_until(lambda: any(r.path == "/a" for r in upstream.requests), "source a polled")
+
+    write_config(one + f"""
+          - name: b
+            url: {upstream.url}/b
+            interval: 200ms
+        """)  # fmt: skip
+    proc.signal(signal.SIGHUP)
+    wait_until(lambda: any(r.path == "/b" for r in upstream.requests), "source b added by reload")
+
+    write_config("sources:\n  - name: a\n    intervall: 1s\n")
+    proc.signal(signal.SIGHUP)
+    wait_until(lambda: "reload refused" in proc.output(), "the invalid file refused")
+    assert "intervall" in proc.output()
+    seen = upstream.count()
+    upstream.wait_for(seen + 6)  # still polling on the previous configuration
+    paths = {r.path for r in upstream.requests[seen:]}
+    assert paths == {"/a", "/b"}
+
+    started = time.monotonic()
+    proc.signal(signal.SIGINT)
+    assert proc.wait() == 0
+    assert time.monotonic() - started < 10  # CONTRACT.md: exits within 10 s of SIGINT
+    assert "stopped cleanly" in proc.output()
