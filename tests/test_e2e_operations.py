@@ -72,3 +72,18 @@ def test_sighup_applies_new_sources_and_refuses_a_broken_file(upstream, write_co
     assert proc.wait() == 0
     assert time.monotonic() - started < 10  # CONTRACT.md: exits within 10 s of SIGINT
     assert "stopped cleanly" in proc.output()
+
+
+def test_json_logs_carry_source_ids_as_fields(write_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from conftest import pollhook
+
+    cfg = write_config(
+        "state: s.db\nsources:\n  - name: gone\n    url: http://127.0.0.1:9/x\n    interval: 1m\n"
+    )
+    result = pollhook("--log-format", "json", "run", "--once", "-c", str(cfg))
+    assert result.returncode == 1
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    failed = [entry for entry in lines if "poll failed" in entry["message"]]
+    assert failed and failed[0]["source"] == "gone" and failed[0]["level"] == "warning"

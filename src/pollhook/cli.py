@@ -18,6 +18,7 @@ from pathlib import Path
 from . import __version__
 from .config import Config, default_state_path, load_config, parse_duration
 from .errors import ConfigError, PollhookError, UsageError
+from .logs import setup_logging
 from .output import print_json, print_table, when
 
 log = logging.getLogger("pollhook")
@@ -295,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    parser.add_argument(
+        "--log-format", default="auto", choices=["auto", "text", "json", "journal"],
+        help="auto: journal under systemd (JOURNAL_STREAM set), else text",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, **kwargs: object) -> argparse.ArgumentParser:
@@ -357,12 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is too much
+    setup_logging(args.log_level, args.log_format)
     try:
         return int(args.func(args))
     except (ConfigError, UsageError) as exc:
