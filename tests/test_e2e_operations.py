@@ -87,3 +87,39 @@ def test_json_logs_carry_source_ids_as_fields(write_config, tmp_path) -> None:  
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     failed = [entry for entry in lines if "poll failed" in entry["message"]]
     assert failed and failed[0]["source"] == "gone" and failed[0]["level"] == "warning"
+
+
+def test_metrics_endpoint_is_scraped_and_healthz_answers(upstream, receiver, write_config, daemon):  # type: ignore[no-untyped-def]
+    import httpx
+
+    with socket.socket() as probe:  # a free loopback port for the listener
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    upstream.items = [{"id": 1}]
+    cfg = write_config(f"""
+        sources:
+          - name: m
+            url: {upstream.url}/m
+            interval: 200ms
+        subscribers:
+          - name: r
+            url: {receiver.url}/hooks
+        """)  # fmt: skip
+    proc = daemon(cfg).start("--metrics", str(port))
+    upstream.wait_for(2)
+    upstream.items = [{"id": 1}, {"id": 2}]
+    receiver.wait_accepted(1)
+
+    def scrape() -> str:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+
+    wait_until(
+        lambda: 'pollhook_events_total{source="m",type="item.created"} 1.0' in scrape(), "metrics"
+    )
+    text = scrape()
+    assert 'pollhook_polls_total{outcome="ok",source="m"}' in text
+    assert 'pollhook_items_tracked{source="m"} 2.0' in text
+    assert "pollhook_outbox_oldest_pending_seconds" in text
+    health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert proc.stop() == 0

@@ -79,9 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     db_path = _db_path(args, config)
+    listen = _listen_address(args.metrics) if args.metrics else None
 
     async def main() -> int:
-        async with Daemon(config, db_path) as daemon:
+        async with Daemon(config, db_path, metrics_listen=listen) as daemon:
             if args.once:
                 results = await daemon.run_once()
                 failed = [r for r in results if not r.ok]
@@ -258,6 +259,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(duration=args.duration, config_path=Path(args.config))
 
 
+def _listen_address(text: str) -> tuple[str, int]:
+    """`9464`, `:9464` or `HOST:PORT`; the host defaults to loopback."""
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--metrics {text!r}: expected PORT or HOST:PORT")
+    return (host.strip("[]") or "127.0.0.1", int(port))
+
+
 def _parse_since(text: str, now: float) -> float:
     try:
         return now - parse_duration(text)
@@ -320,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="poll everything once, attempt due deliveries, exit"
     )
     run.add_argument("--db", help="state file (overrides `state:` in the config)")
+    run.add_argument(
+        "--metrics", metavar="[HOST:]PORT",
+        help="serve Prometheus /metrics and /healthz (host defaults to 127.0.0.1)",
+    )  # fmt: skip
     command("check")
     demo = command("demo")
     demo.add_argument(

@@ -21,12 +21,14 @@ from typing import Any
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from . import metrics
 from .config import Config, load_config
 from .deliver import DeliveryWorker
 from .errors import ConfigError
+from .metrics import MetricsServer
 from .notify import Notifier
 from .poll import Poller, PollResult
-from .report import pending_count
+from .report import outbox_snapshot, pending_count
 from .schedule import PollSchedule
 from .store import Store
 
@@ -63,9 +65,12 @@ class Daemon:
     """`async with Daemon(config, db_path) as d: await d.run()`."""
 
     def __init__(
-        self, config: Config, db_path: Path, client: httpx.AsyncClient | None = None
-    ) -> None:
+        self, config: Config, db_path: Path, client: httpx.AsyncClient | None = None,
+        metrics_listen: tuple[str, int] | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
+        self.metrics_listen = metrics_listen
+        self.metrics: MetricsServer | None = None
         self.db_path = db_path
         self.state = "starting"
         self._own_client = client is None
@@ -128,11 +133,17 @@ class Daemon:
             "running: %d sources, %d subscribers, state %s",
             len(self.config.sources), len(self.config.subscribers), self.db_path,
         )  # fmt: skip
+        if self.metrics_listen:
+            host, port = self.metrics_listen
+            self.metrics = MetricsServer(host, port, self._outbox, self._alive)
+            await self.metrics.start()
         watch = asyncio.create_task(self._watch())
         try:
             await self.worker.run(self.stopping)
         finally:
             watch.cancel()
+            if self.metrics:
+                await self.metrics.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
@@ -167,7 +178,12 @@ class Daemon:
             await asyncio.wait_for(self.db(Store.source_state, ""), timeout=5.0)
         except TimeoutError:
             return False
+        metrics.HEARTBEAT.set(time.time())
         return True
+
+    async def _outbox(self) -> dict[str, Any]:
+        snapshot: dict[str, Any] = await self.db(outbox_snapshot)
+        return snapshot
 
     async def _status_line(self) -> str:
         pending = await self.db(pending_count)

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import orjson
 
+from . import metrics
 from .config import Config, Source, Subscriber
 from .diff import Delta, changes_for, compare
 from .errors import SourceError
@@ -79,14 +80,21 @@ class Poller:
             if fetched.body is None:
                 await self.db(Store.record_unchanged, source.name, time.time())
                 log.debug("source=%s not modified", source.name)
-                count = 0
+                events: list[str] = []
             else:
                 items = await _extract(source, fetched.body)
-                count = await self.db(
+                events = await self.db(
                     _commit, source, state, items, fetched, self.config.subscribers, time.time()
                 )
+                metrics.ITEMS.labels(source.name).set(len(items))
         except SourceError as exc:
+            metrics.POLLS.labels(source.name, "error").inc()
             return await self._failed(source, state, exc)
+        metrics.POLLS.labels(source.name, "not_modified" if fetched.body is None else "ok").inc()
+        metrics.POLL_SECONDS.labels(source.name).observe(time.monotonic() - started)
+        for event_type in events:
+            metrics.EVENTS.labels(source.name, event_type).inc()
+        count = len(events)
         if state is not None and state.health == "failing":
             await self._health(
                 source, "ok", "source.recovered", {"failures": state.consecutive_failures}
@@ -142,7 +150,7 @@ async def _extract(source: Source, body: bytes) -> dict[str, Item]:
 def _commit(
     store: Store, source: Source, state: SourceState | None, items: Mapping[str, Item],
     fetched: Fetched, subscribers: Sequence[Subscriber], now: float,
-) -> int:  # fmt: skip
+) -> list[str]:  # fmt: skip
     """Diff against the stored state and write everything in one transaction (DB thread)."""
     stored = store.item_hashes(source.name)
     baseline = state is None or state.fingerprint != source.fingerprint
@@ -181,7 +189,7 @@ def _commit(
         ),
         now,
     )
-    return len(events)
+    return [e.type for e in events]
 
 
 def _hold_mass_delete(

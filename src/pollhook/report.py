@@ -118,3 +118,16 @@ def pending_count(store: Store) -> int:
         "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
     ).fetchone()
     return int(row[0])
+
+
+def outbox_snapshot(store: Store) -> dict[str, Any]:
+    """Pending deliveries per subscriber and the oldest pending creation time (for metrics)."""
+    pending = dict(
+        store.db.conn.execute(
+            "SELECT subscriber, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY subscriber"
+        ).fetchall()
+    )
+    oldest = store.db.conn.execute(
+        "SELECT MIN(created_at) FROM deliveries WHERE status = 'pending'"
+    ).fetchone()[0]
+    return {"pending": pending, "oldest": oldest}

@@ -1,0 +1,78 @@
+"""Prometheus metrics and /healthz on an optional loopback listener.
+
+Counters and histograms are updated where things happen (poll, deliver);
+outbox depth and the oldest pending age are read from SQLite at scrape time,
+so they are right even after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger("pollhook.metrics")
+
+POLLS = Counter("pollhook_polls_total", "Polls by source and outcome", ["source", "outcome"])
+POLL_SECONDS = Histogram(
+    "pollhook_poll_duration_seconds", "Poll duration (fetch, parse, diff, commit)", ["source"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)  # fmt: skip
+ITEMS = Gauge("pollhook_items_tracked", "Items tracked per source", ["source"])
+EVENTS = Counter("pollhook_events_total", "Events detected by source and type", ["source", "type"])
+DELIVERIES = Counter(
+    "pollhook_deliveries_total",
+    "Delivery attempts by subscriber and outcome",
+    ["subscriber", "outcome"],
+)
+DELIVERY_SECONDS = Histogram(
+    "pollhook_delivery_latency_seconds", "Event detection to successful delivery", ["subscriber"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300, 3600, 86400),
+)  # fmt: skip
+OUTBOX = Gauge("pollhook_outbox_pending", "Deliveries waiting to be made", ["subscriber"])
+OLDEST = Gauge("pollhook_outbox_oldest_pending_seconds", "Age of the oldest pending delivery")
+HEARTBEAT = Gauge("pollhook_last_heartbeat_timestamp_seconds", "Last liveness check that passed")
+
+Refresh = Callable[[], Awaitable[dict[str, Any]]]
+Health = Callable[[], Awaitable[bool]]
+
+
+class MetricsServer:
+    """`/metrics` in the Prometheus text format, `/healthz` 200 or 503."""
+
+    def __init__(self, host: str, port: int, refresh: Refresh, healthy: Health) -> None:
+        self.host, self.port = host, port
+        self.refresh, self.healthy = refresh, healthy
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, self.host, self.port).start()
+        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        outbox = await self.refresh()
+        OUTBOX.clear()
+        for subscriber, count in outbox["pending"].items():
+            OUTBOX.labels(subscriber).set(count)
+        oldest = outbox["oldest"]
+        OLDEST.set(time.time() - oldest if oldest else 0)
+        body = generate_latest()
+        return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        if await self.healthy():
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "stuck"}, status=503)
