@@ -86,3 +86,34 @@ def test_inspection_without_state_file_is_a_usage_error(tmp_path) -> None:  # ty
     result = pollhook("status", "--db", str(tmp_path / "missing.db"), cwd=tmp_path)
     assert result.returncode == 2
     assert "no state file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dry_run_prints_the_exact_bodies_and_writes_nothing(upstream, write_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    upstream.items = [{"id": 1, "v": "a"}]
+    cfg = write_config(
+        f"""
+        state: state.db
+        sources:
+          - name: things
+            url: {upstream.url}/things
+            interval: 1h
+        """
+    )
+    first = pollhook("poll", "things", "--dry-run", "-c", str(cfg))
+    assert first.returncode == 0 and first.stdout == ""  # first poll: a silent baseline
+    assert not (tmp_path / "state.db").exists()
+    assert pollhook("run", "--once", "-c", str(cfg)).returncode == 0
+    upstream.items = [{"id": 1, "v": "b"}]
+    before = (tmp_path / "state.db").read_bytes()
+
+    result = pollhook("poll", "things", "--dry-run", "-c", str(cfg))
+    assert result.returncode == 0, result.stderr
+    [body] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert body["type"] == "item.updated" and body["data"]["changes"] == [
+        {"op": "replace", "path": "/v", "value": "b"}
+    ]
+    assert "nothing written" in result.stderr
+    again = pollhook("poll", "things", "--dry-run", "-c", str(cfg))
+    assert len(again.stdout.splitlines()) == 1  # the dry run did not record the change
+    assert (tmp_path / "state.db").read_bytes() == before
+    assert pollhook("poll", "nope", "--dry-run", "-c", str(cfg)).returncode == 2

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -249,6 +250,50 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_poll(args: argparse.Namespace) -> int:
+    """Fetch one source now and print the events a poll would send; with --dry-run, change nothing.
+
+    Without a state file (or on the first poll) it reports the baseline it would record.
+
+    example: pollhook poll tickets --dry-run
+    """
+    from .daemon import StoreRunner, make_client
+    from .poll import dry_run
+    from .store import Store
+
+    if not args.dry_run:
+        raise UsageError(
+            "only `pollhook poll NAME --dry-run` exists; `pollhook run --once` polls for real"
+        )
+    config = load_config(args.config)
+    source = config.source(args.source)
+    if source is None:
+        names = ", ".join(s.name for s in config.sources)
+        raise UsageError(f"no source {args.source!r} in {config.path} (sources: {names})")
+    path = _db_path(args, config)
+
+    async def main(db_path: Path) -> int:
+        client = make_client()
+        db = StoreRunner(Store(db_path))
+        try:
+            write = await dry_run(db, client, config, source)
+        finally:
+            await client.aclose()
+            db.close()
+        for event in write.events:
+            sys.stdout.write(event.body.decode() + "\n")
+        print(
+            f"dry run: {len(write.events)} events from {write.items_count} items; nothing written",
+            file=sys.stderr,
+        )
+        return 0
+
+    if path.exists():
+        return asyncio.run(main(path))
+    with tempfile.TemporaryDirectory(prefix="pollhook-dry-") as tmp:  # no state yet: a baseline
+        return asyncio.run(main(Path(tmp) / "dry.db"))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the offline demo: a changing local API, a verifying receiver, pollhook between.
 
@@ -292,6 +337,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "resume": cmd_resume,
     "status": cmd_status,
     "events": cmd_events,
+    "poll": cmd_poll,
 }
 
 
@@ -358,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", help="with --dead: only deliveries created since (2h, or an ISO time)"
     )
     rp.add_argument("--db", help="state file")
+    po = command("poll")
+    po.add_argument("source", metavar="NAME")
+    po.add_argument("--dry-run", action="store_true", help="print the events; write nothing")
+    po.add_argument("--db", help="state file")
     st = command("status")
     st.add_argument("--db", help="state file")
     st.add_argument("--json", action="store_true", help="machine-readable output")

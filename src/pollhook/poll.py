@@ -136,6 +136,20 @@ class Poller:
             self.on_events()
 
 
+async def dry_run(
+    db: DbCall, client: httpx.AsyncClient, config: Config, source: Source
+) -> PollWrite:
+    """Fetch and diff like a real poll (unconditionally), but write nothing."""
+    state: SourceState | None = await db(Store.source_state, source.name)
+    fetched = await fetch(client, source, config.http, HostLimits(config.http.max_per_host))
+    assert fetched.body is not None  # no conditional headers were sent
+    items = await _extract(source, fetched.body)
+    write: PollWrite = await db(
+        plan, source, state, items, fetched, config.subscribers, time.time()
+    )
+    return write
+
+
 async def _extract(source: Source, body: bytes) -> dict[str, Item]:
     """Parse and key the body; large bodies go to a thread to keep the loop responsive."""
 
@@ -152,6 +166,16 @@ def _commit(
     fetched: Fetched, subscribers: Sequence[Subscriber], now: float,
 ) -> list[str]:  # fmt: skip
     """Diff against the stored state and write everything in one transaction (DB thread)."""
+    write = plan(store, source, state, items, fetched, subscribers, now)
+    store.commit_poll(write, now)
+    return [e.type for e in write.events]
+
+
+def plan(
+    store: Store, source: Source, state: SourceState | None, items: Mapping[str, Item],
+    fetched: Fetched, subscribers: Sequence[Subscriber], now: float,
+) -> PollWrite:  # fmt: skip
+    """Everything a successful poll would write, computed without writing (dry runs use it)."""
     stored = store.item_hashes(source.name)
     baseline = state is None or state.fingerprint != source.fingerprint
     held: set[str] = set()
@@ -175,21 +199,17 @@ def _commit(
         (key, items[key].hash, orjson.dumps(items[key].value))
         for key in delta.created + delta.updated
     ]
-    store.commit_poll(
-        PollWrite(
-            source=source.name,
-            fingerprint=source.fingerprint,
-            upserts=upserts,
-            deletes=delta.deleted,
-            events=events,
-            items_count=len(items) + len(held),
-            etag=fetched.etag,
-            last_modified=fetched.last_modified,
-            held_deletes=orjson.dumps(sorted(held)).decode() if held else None,
-        ),
-        now,
+    return PollWrite(
+        source=source.name,
+        fingerprint=source.fingerprint,
+        upserts=upserts,
+        deletes=delta.deleted,
+        events=events,
+        items_count=len(items) + len(held),
+        etag=fetched.etag,
+        last_modified=fetched.last_modified,
+        held_deletes=orjson.dumps(sorted(held)).decode() if held else None,
     )
-    return [e.type for e in events]
 
 
 def _hold_mass_delete(
