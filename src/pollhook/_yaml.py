@@ -40,18 +40,28 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
+def one_line(text: str) -> str:
+    """Error messages are one line: escape any line break a value smuggles in."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineMap:
+    explicit = sum(1 for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge")
     loader.flatten_mapping(node)
+    merged = len(node.value) - explicit  # `<<:` pairs come first and may be overridden
     result = LineMap()
     result.line = node.start_mark.line + 1
     result.key_lines = {}
-    for key_node, value_node in node.value:
+    written: set[Any] = set()
+    for index, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if not isinstance(key, str | int | float | bool) and key is not None:
             raise ConfigError(f"line {line}: mapping keys must be plain words")
-        if key in result:
-            raise ConfigError(f"line {line}: duplicate key '{key}'")
+        if key in written:
+            raise ConfigError(f"line {line}: duplicate key {one_line(repr(key))}")
+        if index >= merged:
+            written.add(key)
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = line
     return result
@@ -69,21 +79,68 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequen
 
 
 def load_yaml(path: Path) -> Any:
-    """Parse `path`, turning every read or syntax problem into a ConfigError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    """Parse `path`, turning every read or syntax problem into a one-line ConfigError."""
+    text = _read(path)
     try:
         return yaml.load(text, Loader=_Loader)
     except ConfigError as exc:
         raise ConfigError(f"{path}, {exc}") from None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f", line {mark.line + 1}" if mark else ""
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError(f"{path}{where}: YAML syntax error: {problem}") from None
+        raise ConfigError(f"{path}, {_syntax_message(exc)}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(
+            f"{path}, line {line}: YAML syntax error: {one_line(exc.reason)} (#x{exc.character:04x})"
+        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{path}: invalid YAML: {one_line(str(exc))}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
+
+
+def _read(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{path}: cannot read config file: {reason}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})"
+        ) from None
+
+
+# PyYAML names tokens by their punctuation; say what they are instead.
+_TOKENS = {
+    "found '?'": "found another key (check the indentation)",
+    "found '-'": "found a list item '-' (check the indentation)",
+    "<block end>": "the end of the block",
+    "<block mapping start>": "a mapping",
+    "<block sequence start>": "a list",
+    "'<stream end>'": "the end of the file",
+}
+
+
+def _syntax_message(exc: yaml.MarkedYAMLError) -> str:
+    """`line N: YAML syntax error: problem (context at line M)`, pointing at the likely culprit."""
+    problem_line = exc.problem_mark.line + 1 if exc.problem_mark else None
+    context_line = exc.context_mark.line + 1 if exc.context_mark else None
+    line = problem_line or context_line
+    if exc.context and "simple key" in exc.context:  # a missing ':' is noticed one line late
+        line = context_line or line
+    message = exc.problem or exc.context or "invalid YAML"
+    if exc.context and exc.problem:
+        at = f" at line {context_line}" if context_line and context_line != line else ""
+        if exc.problem.startswith("but "):  # "expected X, but found Y" reads as one phrase
+            message = f"{exc.context}{at}, {exc.problem}"
+        else:
+            message = f"{message} ({exc.context}{at})"
+    for token, words in _TOKENS.items():
+        message = message.replace(token, words)
+    where = f"line {line}: " if line else ""
+    return one_line(f"{where}YAML syntax error: {message}")
