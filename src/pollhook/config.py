@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +22,15 @@ from typing import Any
 
 import jmespath
 import jmespath.exceptions
+import jmespath.functions
 
-from ._yaml import LineList, LineMap, load_yaml
+from ._yaml import LineList, LineMap, load_yaml, one_line
 from .errors import ConfigError
 
 CHANGE_EVENTS = ("item.created", "item.updated", "item.deleted", "document.changed")
 HEALTH_EVENTS = ("source.failing", "source.recovered")
 EVENT_TYPES = CHANGE_EVENTS + HEALTH_EVENTS
+DURATION_HINT = "a duration above 0 and up to 366d (e.g. 500ms, 30s, 5m, 1h, 1d)"
 DEFAULT_RETRY = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -37,7 +40,8 @@ _SIZE_UNITS = {
     "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, None: 1,
 }  # fmt: skip
-_VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{[^}]*\}?")
+_FUNCTIONS = jmespath.functions.Functions()
 _FIELD_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -117,7 +121,7 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = float(min(value, 10**9))  # a 400-digit int would overflow float()
     else:
         match = _DURATION_RE.match(str(value))
         if not match:
@@ -139,7 +143,8 @@ def parse_size(value: Any) -> int:
         if not match:
             raise ValueError(value)
         unit = match.group(2).lower() if match.group(2) else None
-        size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+        number = float(match.group(1)) * _SIZE_UNITS[unit]
+        size = int(number) if number < 2**62 else 2**62
     if size <= 0:
         raise ValueError(value)
     return size
@@ -172,7 +177,7 @@ class _Validator:
     def fail(self, line: int | None, where: str, message: str) -> ConfigError:
         at = f", line {line}" if line else ""
         prefix = f"{where}: " if where else ""
-        return ConfigError(f"{self.path}{at}: {prefix}{message}")
+        return ConfigError(one_line(f"{self.path}{at}: {prefix}{message}"))
 
     def keys(
         self, node: Any, where: str, line: int | None, required: tuple[str, ...],
@@ -207,6 +212,11 @@ class _Validator:
             if match.group(0) == "$$":
                 return "$"
             name, default = match.group(1), match.group(2)
+            if name is None:
+                raise self.fail(
+                    line, where, f"bad variable reference {match.group(0)!r} "
+                    "(write ${VAR} or ${VAR:-default}, and $$ for a literal $)",
+                )  # fmt: skip
             if name in self.env:
                 return self.env[name]
             if default is not None:
@@ -223,34 +233,42 @@ class _Validator:
             raw = self.interpolate(raw, node.key_lines.get(key), f"{where}.{key}")
         try:
             return parse(raw)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             raise self.fail(
-                node.key_lines.get(key), where, f"'{key}': {raw!r} is not {what}"
+                node.key_lines.get(key), where, f"'{key}': {_show(raw)} is not {what}"
             ) from None
 
     def duration(self, node: LineMap, key: str, where: str, default: float) -> float:
         if key not in node:
             return default
-        return float(
-            self.convert(node, key, where, parse_duration, "a duration (e.g. 500ms, 30s, 5m, 1h)")
-        )
+        return float(self.convert(node, key, where, parse_duration, DURATION_HINT))
 
     def positive_int(self, node: LineMap, key: str, where: str, default: int) -> int:
         if key not in node:
             return default
 
         def parse(value: Any) -> int:
-            if isinstance(value, bool) or int(value) != value or int(value) < 1:
+            if isinstance(value, bool):
                 raise ValueError(value)
-            return int(value)
+            number = float(value)
+            if not number.is_integer() or number < 1:
+                raise ValueError(value)
+            return int(number)
 
         return int(self.convert(node, key, where, parse, "a whole number of at least 1"))
 
     def boolean(self, node: LineMap, key: str, where: str, default: bool) -> bool:
-        value = node.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(node.key_lines.get(key), where, f"'{key}' must be true or false")
-        return value
+        if key not in node:
+            return default
+
+        def parse(value: Any) -> bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+                return value.strip().lower() == "true"
+            raise ValueError(value)
+
+        return bool(self.convert(node, key, where, parse, "true or false"))
 
     def string_list(self, node: LineMap, key: str, where: str) -> tuple[tuple[str, int], ...]:
         value = node[key]
@@ -276,10 +294,12 @@ class _Validator:
         for name in value:
             line = value.key_lines[name]
             if not isinstance(name, str) or not re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", name):
-                raise self.fail(line, where, f"header name {name!r} is not valid")
+                raise self.fail(line, where, f"header name {_show(name)} is not valid")
             if value[name] is None or isinstance(value[name], LineMap | LineList):
                 raise self.fail(line, where, f"header '{name}' must have a plain value")
-            text = self.interpolate(str(value[name]), line, f"{where}.headers.{name}")
+            raw = value[name]
+            raw = str(raw).lower() if isinstance(raw, bool) else str(raw)
+            text = self.interpolate(raw, line, f"{where}.headers.{name}")
             if "\n" in text or "\r" in text:
                 raise self.fail(line, where, f"header '{name}' must not contain line breaks")
             out[name] = text
@@ -287,15 +307,21 @@ class _Validator:
 
     def url(self, node: LineMap, where: str) -> str:
         url = self.text(node, "url", where)
-        if not re.match(r"^https?://[^/\s]+", url):
-            raise self.fail(node.key_lines["url"], where, f"'url' must be an http(s) URL: {url!r}")
+        if not _is_http_url(url):
+            raise self.fail(
+                node.key_lines["url"],
+                where,
+                f"'url' must be an http(s) URL with a host: {_show(url)}",
+            )
         return url
 
     def name(self, node: LineMap, where: str, seen: dict[str, int]) -> str:
         name = self.text(node, "name", where)
         line = node.key_lines["name"]
         if not NAME_RE.match(name):
-            raise self.fail(line, where, f"name {name!r} may use only letters, digits, '-' and '_'")
+            raise self.fail(
+                line, where, f"name {_show(name)} may use only letters, digits, '-' and '_'"
+            )
         if name in seen:
             raise self.fail(line, where, f"duplicate name '{name}' (first at line {seen[name]})")
         seen[name] = line
@@ -303,13 +329,11 @@ class _Validator:
 
     def jmespath_expr(self, node: LineMap, key: str, where: str, default: str) -> str:
         expr = self.text(node, key, where, default)
-        try:
-            jmespath.compile(expr)
-        except jmespath.exceptions.JMESPathError as exc:
-            msg = str(exc).splitlines()[0]
+        problem = jmespath_problem(expr)
+        if problem:
             raise self.fail(
-                node.key_lines.get(key), where, f"'{key}': bad JMESPath {expr!r}: {msg}"
-            ) from None
+                node.key_lines.get(key), where, f"'{key}': bad JMESPath {_show(expr)}: {problem}"
+            )
         return expr
 
     def list_of(self, node: LineMap, key: str) -> LineList:
@@ -325,6 +349,11 @@ class _Validator:
     def config(self, data: Any) -> Config:
         if data is None:
             raise self.fail(None, "", "config file is empty (expected a 'sources' list)")
+        if not isinstance(data, LineMap):
+            line = data.line if isinstance(data, LineList) else 1
+            raise self.fail(
+                line, "", f"the config must be a mapping with a 'sources' list, got {_kind(data)}"
+            )
         top = self.keys(data, "", 1, ("sources",), ("state", "subscribers", "http"))
         http = self.http(top)
         sources_node = self.list_of(top, "sources")
@@ -344,8 +373,16 @@ class _Validator:
             self.subscriber(item, line, index, seen, names)
             for index, (item, line) in enumerate(zip(subs_node, subs_node.item_lines, strict=True))
         )
-        state = Path(self.text(top, "state", "")) if "state" in top else None
+        state = self.state(top)
         return Config(self.path, sources, subscribers, state, http)
+
+    def state(self, top: LineMap) -> Path | None:
+        if "state" not in top:
+            return None
+        text = self.text(top, "state", "")
+        if not text.strip():
+            raise self.fail(top.key_lines["state"], "", "'state' must be a file path")
+        return Path(text)
 
     def http(self, top: LineMap) -> HttpSettings:
         if "http" not in top:
@@ -377,7 +414,9 @@ class _Validator:
         name = self.name(node, where, seen)
         method = self.text(node, "method", where, "GET").upper()
         if method not in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "QUERY"):
-            raise self.fail(node.key_lines.get("method"), where, f"unknown HTTP method {method!r}")
+            raise self.fail(
+                node.key_lines.get("method"), where, f"unknown HTTP method {_show(method)}"
+            )
         ignore: tuple[str, ...] = ()
         if "ignore" in node:
             ignore = tuple(
@@ -401,7 +440,7 @@ class _Validator:
             raise self.fail(
                 line,
                 where,
-                f"'ignore': {path!r} must be a field path like 'updated_at' or 'meta.etag'",
+                f"'ignore': {_show(path)} must be a field path like 'updated_at' or 'meta.etag'",
             )
         return path
 
@@ -454,10 +493,14 @@ class _Validator:
             raise self.fail(line, where, "'retry' must be a list of durations, e.g. [5s, 5m, 1h]")
         delays = []
         for item, item_line in zip(value, value.item_lines, strict=True):
+            if isinstance(item, str):
+                item = self.interpolate(item, item_line, f"{where}.retry")
             try:
                 delays.append(parse_duration(item))
             except ValueError:
-                raise self.fail(item_line, where, f"'retry': {item!r} is not a duration") from None
+                raise self.fail(
+                    item_line, where, f"'retry': {_show(item)} is not {DURATION_HINT}"
+                ) from None
         return tuple(delays)
 
     def secrets(self, node: LineMap, where: str) -> tuple[str, ...]:
@@ -488,6 +531,62 @@ def secret_problem(secret: str) -> str | None:
     return None
 
 
+def _is_http_url(url: str) -> bool:
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def jmespath_problem(expr: str) -> str | None:
+    """Why `expr` is not a usable JMESPath expression, in one line; None if it is."""
+    try:
+        parsed = jmespath.compile(expr).parsed
+    except jmespath.exceptions.IncompleteExpressionError:
+        return "incomplete expression"
+    except jmespath.exceptions.LexerError as exc:
+        return f"{exc.message} at column {exc.lexer_position}"
+    except jmespath.exceptions.ParseError as exc:
+        return f"{exc.msg} at column {exc.lex_position}"
+    except jmespath.exceptions.JMESPathError as exc:
+        return str(exc).splitlines()[0]
+    except RecursionError:
+        return "nested too deeply"
+    return _function_problem(parsed)
+
+
+def _function_problem(node: Any) -> str | None:
+    """Unknown functions and wrong arities, which jmespath only reports at search time."""
+    if not isinstance(node, dict):
+        return None
+    if node.get("type") == "function_expression":
+        name, args = node["value"], len(node["children"])
+        table = _FUNCTIONS.FUNCTION_TABLE
+        if name not in table:
+            close = difflib.get_close_matches(name, sorted(table), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            return f"unknown function {name}(){hint}"
+        signature = table[name]["signature"]
+        variadic = bool(signature) and signature[-1].get("variadic", False)
+        if args < len(signature) or (args > len(signature) and not variadic):
+            return f"{name}() takes {len(signature)} argument(s), got {args}"
+    for child in node.get("children", ()):
+        problem = _function_problem(child)
+        if problem:
+            return problem
+    return None
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """repr() of an offending value, cut short so a message stays readable."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _kind(value: Any) -> str:
     if isinstance(value, LineMap):
         return "a mapping"
@@ -495,4 +594,4 @@ def _kind(value: Any) -> str:
         return "a list"
     if value is None:
         return "nothing"
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {_show(value)}"
