@@ -20,6 +20,7 @@ import pytest
 
 from pollhook.cli import main
 from pollhook.config import DEFAULT_RETRY, Config, Source, Subscriber, load_config
+from pollhook.errors import ConfigError
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 24).decode()
 SECRET_2 = "whsec_" + base64.b64encode(b"j" * 32).decode()
@@ -817,3 +818,37 @@ def test_not_utf8(tmp_path: Path) -> None:
 def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
     path = write(tmp_path, b"\xef\xbb\xbf" + SRC.encode())
     assert load_config(path, env={}).sources[0].name == "tickets"
+
+
+# -- secrets from files and systemd credentials --------------------------------------
+
+
+def test_secret_from_a_systemd_credential_file(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "helpdesk_secret").write_text("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n")
+    cfg = tmp_path / "sources.yaml"
+    cfg.write_text(
+        "sources:\n  - {name: a, url: 'http://127.0.0.1:1/a', interval: 1m}\n"
+        "subscribers:\n  - name: h\n    url: http://127.0.0.1:1/h\n"
+        "    secret: ${file:helpdesk_secret}\n"
+    )
+    config = load_config(cfg, env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert config.subscribers[0].secrets == ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",)
+    # without $CREDENTIALS_DIRECTORY a relative name is relative to the config file
+    (tmp_path / "helpdesk_secret").write_text("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    assert load_config(cfg, env={}).subscribers[0].secrets[0].startswith("whsec_")
+
+
+def test_missing_secret_file_is_a_one_line_error_without_the_secret(tmp_path: Path) -> None:
+    cfg = tmp_path / "sources.yaml"
+    cfg.write_text(
+        "sources:\n  - {name: a, url: 'http://127.0.0.1:1/a', interval: 1m}\n"
+        "subscribers:\n  - name: h\n    url: http://127.0.0.1:1/h\n"
+        "    secret: ${file:/nonexistent/helpdesk_secret}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg, env={})
+    message = str(info.value)
+    assert "line 6" in message and "/nonexistent/helpdesk_secret" in message
+    assert "No such file" in message and "\n" not in message

@@ -40,7 +40,9 @@ _SIZE_UNITS = {
     "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, None: 1,
 }  # fmt: skip
-_VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{[^}]*\}?")
+_VAR_RE = re.compile(
+    r"\$\$|\$\{file:([^}]+)\}|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{[^}]*\}?"
+)
 _FUNCTIONS = jmespath.functions.Functions()
 _FIELD_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -211,7 +213,9 @@ class _Validator:
         def replace(match: re.Match[str]) -> str:
             if match.group(0) == "$$":
                 return "$"
-            name, default = match.group(1), match.group(2)
+            if match.group(1) is not None:
+                return self.read_secret_file(match.group(1).strip(), line, where)
+            name, default = match.group(2), match.group(3)
             if name is None:
                 raise self.fail(
                     line, where, f"bad variable reference {match.group(0)!r} "
@@ -224,6 +228,20 @@ class _Validator:
             raise self.fail(line, where, f"environment variable '{name}' is not set")
 
         return _VAR_RE.sub(replace, value)
+
+    def read_secret_file(self, name: str, line: int | None, where: str) -> str:
+        """`${file:NAME}`: a systemd credential ($CREDENTIALS_DIRECTORY) or a file path."""
+        path = Path(name).expanduser()
+        if not path.is_absolute():
+            base = self.env.get("CREDENTIALS_DIRECTORY")
+            path = (Path(base) if base else self.path.parent) / path
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise self.fail(
+                line, where, f"cannot read secret file {str(path)!r}: {reason}"
+            ) from None
 
     def convert(
         self, node: LineMap, key: str, where: str, parse: Callable[[Any], Any], what: str
