@@ -8,6 +8,8 @@ that only touches an ignored field never becomes an event.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -18,6 +20,10 @@ import jmespath.parser
 import orjson
 
 from .errors import ExtractError
+
+BOM = b"\xef\xbb\xbf"
+# A number token of 19+ digits: it may not fit the 64 bits orjson keeps exact.
+_LONG_NUMBER = re.compile(rb"[\[:,]\s*-?\d{19}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,22 +42,42 @@ def compiled(expression: str) -> jmespath.parser.ParsedResult:
 
 
 def parse_json(body: bytes) -> Any:
-    """Parse a JSON body; anything else is an ExtractError, never a diff."""
+    """Parse a JSON body; anything else is an ExtractError, never a diff.
+
+    orjson silently turns integers beyond 64 bits into floats, which would
+    merge distinct keys and hide changes in their last digits. A body that may
+    hold one is parsed again exactly; an item that contains one then fails
+    the poll in `extract_items` (nothing downstream can carry it), while one
+    elsewhere in the body is harmless.
+    """
+    if body.startswith(BOM):  # legacy servers send one; RFC 8259 lets parsers skip it
+        body = body[len(BOM) :]
     if not body.strip():
         raise ExtractError("empty body where JSON was expected")
     try:
-        return orjson.loads(body)
+        document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ExtractError(f"body is not valid JSON: {exc}") from None
+    if _LONG_NUMBER.search(body):
+        try:
+            document = json.loads(body)
+        except RecursionError:
+            raise ExtractError("body is nested too deeply to parse exactly") from None
+    return document
 
 
 def canonical_hash(value: Any) -> str:
     """Stable digest of a JSON value: equal data gives an equal hash."""
+    return hashlib.blake2b(_dumps(value, orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+
+
+def _dumps(value: Any, option: int = 0) -> bytes:
     try:
-        data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except TypeError as exc:  # e.g. integers beyond 64 bits
+        return orjson.dumps(value, option=option)
+    except TypeError as exc:  # orjson.JSONEncodeError: integers beyond 64 bits
+        if "64-bit" in str(exc):
+            raise ExtractError("an integer beyond 64 bits cannot be carried exactly") from None
         raise ExtractError(f"item cannot be serialised: {exc}") from None
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def without_paths(value: Any, paths: tuple[str, ...]) -> Any:
@@ -59,6 +85,20 @@ def without_paths(value: Any, paths: tuple[str, ...]) -> Any:
     for path in paths:
         value = _drop(value, path.split("."))
     return value
+
+
+def only_paths(value: Any, paths: tuple[str, ...]) -> list[Any]:
+    """The values `without_paths` would remove, in path order (missing ones left out)."""
+    found = []
+    for path in paths:
+        part = value
+        for name in path.split("."):
+            if not isinstance(part, dict) or name not in part:
+                break
+            part = part[name]
+        else:
+            found.append(part)
+    return found
 
 
 def _drop(value: Any, parts: list[str]) -> Any:
@@ -81,6 +121,24 @@ def key_text(value: Any) -> str:
     return str(value)
 
 
+def json_text(value: Any, limit: int = 80) -> str:
+    """A value as JSON text for an error message, shortened."""
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_JSON_TYPES = {
+    dict: "an object",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+}
+
+
 def search(expression: str, document: Any) -> Any:
     try:
         return compiled(expression).search(document)
@@ -92,7 +150,7 @@ def extract_items(document: Any, items: str, key: str, ignore: tuple[str, ...]) 
     """Items by key, in upstream order; a missing list or a bad/duplicate key fails the poll."""
     found = search(items, document)
     if not isinstance(found, list):
-        what = "nothing" if found is None else type(found).__name__
+        what = "nothing" if found is None else _JSON_TYPES.get(type(found), type(found).__name__)
         raise ExtractError(f"items {items!r} matched {what}, not a list")
     result: dict[str, Item] = {}
     for index, value in enumerate(found):
@@ -101,9 +159,15 @@ def extract_items(document: Any, items: str, key: str, ignore: tuple[str, ...]) 
             item_key = key_text(raw_key)
         except ValueError:
             raise ExtractError(
-                f"item {index}: key {key!r} gave {raw_key!r}, not a string or number"
+                f"item {index}: key {key!r} gave {json_text(raw_key)}, not a string or number"
             ) from None
         if item_key in result:
-            raise ExtractError(f"duplicate key {item_key!r} in one response (items {index})")
-        result[item_key] = Item(item_key, canonical_hash(without_paths(value, ignore)), value)
+            raise ExtractError(f"duplicate key {item_key!r} in one response (item {index})")
+        try:
+            digest = canonical_hash(without_paths(value, ignore))
+            if ignore:  # what the hash skipped must still serialise for the store and events
+                _dumps(only_paths(value, ignore))
+        except ExtractError as exc:
+            raise ExtractError(f"item {index} (key {item_key!r}): {exc}") from None
+        result[item_key] = Item(item_key, digest, value)
     return result

@@ -1,0 +1,154 @@
+"""extract: body → keyed items with canonical hashes (table-driven, pure code)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pollhook.errors import ExtractError, SourceError
+from pollhook.extract import canonical_hash, extract_items, parse_json, without_paths
+
+CASES = yaml.safe_load((Path(__file__).parent / "cases" / "extract.yaml").read_text("utf-8"))
+
+
+def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    document = parse_json(case["body"].encode("utf-8"))
+    return extract_items(document, case["items"], case["key"], tuple(case.get("ignore", ())))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_extract_case(case: dict[str, Any]) -> None:
+    assert ("keys" in case) != ("error" in case), "a case expects either keys or an error"
+    if "error" in case:
+        with pytest.raises(ExtractError) as caught:
+            run_case(case)
+        assert case["error"] in str(caught.value)
+    else:
+        items = run_case(case)
+        assert list(items) == case["keys"]
+        assert [item.key for item in items.values()] == case["keys"]
+
+
+def test_extract_error_fails_the_poll() -> None:
+    """An ExtractError is a SourceError: the poll records nothing."""
+    assert issubclass(ExtractError, SourceError)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\xff\xfe[]", b'[{"id": "\xc3"}]', b"\x00", b"[1,]", b"{'id': 1}", b"[] []"],
+    ids=["utf16-bom", "bad-utf8", "nul", "trailing-comma", "single-quotes", "two-documents"],
+)
+def test_invalid_bodies(body: bytes) -> None:
+    with pytest.raises(ExtractError, match="not valid JSON"):
+        parse_json(body)
+
+
+def test_item_value_is_the_parsed_item() -> None:
+    body = b'{"data": [{"id": 42, "status": "open", "tags": ["a"]}]}'
+    items = extract_items(parse_json(body), "data", "id", ("status",))
+    assert items["42"].value == {"id": 42, "status": "open", "tags": ["a"]}
+
+
+# -- canonical hashing --------------------------------------------------------
+
+SAME = [
+    ({"a": 1, "b": 2}, {"b": 2, "a": 1}),
+    ({"x": {"p": 1, "q": [1, {"m": 1, "n": 2}]}}, {"x": {"q": [1, {"n": 2, "m": 1}], "p": 1}}),
+    ({"s": "ü"}, {"s": "\u00fc"}),
+]
+
+DIFFERENT = [
+    ({"a": 1}, {"a": 2}),
+    ({"a": 1}, {"a": "1"}),
+    ({"a": 1}, {"a": True}),
+    ({"a": 0}, {"a": False}),
+    ({"a": None}, {}),
+    ({"a": [1, 2]}, {"a": [2, 1]}),
+    ({"a": {"b": 1}}, {"a": {"b": 1, "c": None}}),
+    ({"a": 1, "b": 2}, {"a": 2, "b": 1}),
+]
+
+
+@pytest.mark.parametrize(("left", "right"), SAME)
+def test_hash_ignores_key_order(left: Any, right: Any) -> None:
+    assert canonical_hash(left) == canonical_hash(right)
+
+
+@pytest.mark.parametrize(("left", "right"), DIFFERENT)
+def test_hash_sees_real_differences(left: Any, right: Any) -> None:
+    assert canonical_hash(left) != canonical_hash(right)
+
+
+def test_hash_of_parsed_bodies_ignores_key_order() -> None:
+    left = parse_json(b'[{"id": 1, "a": {"x": 1, "y": 2}, "b": 3}]')
+    right = parse_json(b'[{"b": 3, "a": {"y": 2, "x": 1}, "id": 1}]')
+    assert (
+        extract_items(left, "@", "id", ())["1"].hash
+        == extract_items(right, "@", "id", ())["1"].hash
+    )
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, {"a": [1, 10**30]}])
+def test_hash_of_integer_beyond_64_bits_is_a_clean_error(value: Any) -> None:
+    with pytest.raises(ExtractError):
+        canonical_hash(value)
+
+
+# -- ignore paths -------------------------------------------------------------
+
+ITEM = {"id": 1, "status": "open", "updated_at": "t1", "meta": {"etag": "e1", "owner": "ann"}}
+
+IGNORE = [
+    # (ignore paths, a change to the item, whether the hash must stay the same)
+    (("updated_at",), {"updated_at": "t2"}, True),
+    (("updated_at",), {"status": "closed"}, False),
+    (("updated_at",), {"updated_at": "t2", "status": "closed"}, False),
+    (("meta.etag",), {"meta": {"etag": "e2", "owner": "ann"}}, True),
+    (("meta.etag",), {"meta": {"etag": "e2", "owner": "bob"}}, False),
+    (("meta.etag",), {"meta": {"owner": "ann"}}, True),
+    (("meta",), {"meta": {"etag": "e2", "owner": "bob"}}, True),
+    (
+        ("updated_at", "meta.etag"),
+        {"updated_at": "t9", "meta": {"etag": "x", "owner": "ann"}},
+        True,
+    ),
+    ((), {"updated_at": "t2"}, False),
+    # a field appearing where an ignored one was missing is still ignored
+    (("meta.extra",), {"meta": {"etag": "e1", "owner": "ann", "extra": 1}}, True),
+]
+
+
+@pytest.mark.parametrize(("ignore", "change", "same"), IGNORE)
+def test_ignore_paths(ignore: tuple[str, ...], change: dict[str, Any], same: bool) -> None:
+    before = extract_items([ITEM], "@", "id", ignore)["1"]
+    after = extract_items([{**ITEM, **change}], "@", "id", ignore)["1"]
+    assert (before.hash == after.hash) is same
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [("missing",), ("missing.deeper",), ("status.deeper",), ("meta.etag.deeper",), ("id.x.y",)],
+)
+def test_missing_ignore_paths_are_harmless(paths: tuple[str, ...]) -> None:
+    assert without_paths(ITEM, paths) == ITEM
+    assert extract_items([ITEM], "@", "id", paths)["1"].hash == canonical_hash(ITEM)
+
+
+def test_ignore_does_not_mutate_the_item() -> None:
+    item = copy.deepcopy(ITEM)
+    stripped = without_paths(item, ("updated_at", "meta.etag"))
+    assert stripped == {"id": 1, "status": "open", "meta": {"owner": "ann"}}
+    assert item == ITEM
+    items = extract_items([item], "@", "id", ("updated_at", "meta.etag"))
+    assert items["1"].value == ITEM
+    assert item == ITEM
+
+
+def test_ignore_applies_to_non_object_items_harmlessly() -> None:
+    items = extract_items(["a", "b"], "@", "@", ("updated_at",))
+    assert items["a"].hash == canonical_hash("a")
