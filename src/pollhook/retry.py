@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 MAX_RETRY_AFTER = 86400.0
@@ -24,15 +25,16 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    try:
-        seconds = float(value) if value.isdigit() else None
-    except ValueError:
-        seconds = None
-    if seconds is None:
+    if value.isascii() and value.isdigit():  # str.isdigit() alone accepts "²" and "٣"
+        seconds = float(value)
+    else:
         try:
-            seconds = parsedate_to_datetime(value).timestamp() - now
+            date = parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
+        if date.tzinfo is None:  # asctime and "-0000" dates: HTTP-dates are always GMT
+            date = date.replace(tzinfo=UTC)
+        seconds = date.timestamp() - now
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
@@ -41,9 +43,10 @@ def delivery_delay(
     rng: random.Random | None = None,
 ) -> float | None:  # fmt: skip
     """Wait before the next attempt after `attempts` failed ones; None means dead."""
-    if attempts > len(schedule):
+    index = max(attempts, 1) - 1  # 0 or less: nothing failed yet, the first delay
+    if index >= len(schedule):
         return None
-    delay = schedule[attempts - 1]
+    delay = schedule[index]
     if retry_after is not None:
         delay = max(delay, retry_after)
     return jittered(delay, rng)
