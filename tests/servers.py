@@ -7,6 +7,8 @@ served, a webhook received), never on a fixed sleep.
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -24,11 +26,19 @@ class Request:
     headers: dict[str, str]
     body: bytes
     at: float = field(default_factory=time.time)
-    status: int = 0
+    status: int = 0  # the status answered; -1 when the responder took over the socket
+    raw_headers: list[tuple[str, str]] = field(default_factory=list)  # as sent, repeats kept
+    handler: Any = field(default=None, repr=False, compare=False)  # for responders that hijack
 
 
 # A reply is (status, headers, body bytes); a responder may also sleep or hang.
 Reply = tuple[int, dict[str, str], bytes]
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    # the default listen backlog of 5 drops SYNs when a daemon opens 10 connections at
+    # once; the kernel retries them a second later, which would skew timing assertions
+    request_queue_size = 128
 
 
 class _Server:
@@ -36,6 +46,7 @@ class _Server:
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
+        self.arrived: list[Request] = []  # every request read, answered or not (yet)
         self.cond = threading.Condition()
         self.release = threading.Event()  # set to free handlers that hang
         server = self
@@ -49,26 +60,38 @@ class _Server:
             def _handle(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
-                req = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                req = Request(
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                )
+                req.raw_headers = list(self.headers.items())
+                req.handler = self
+                with server.cond:
+                    server.arrived.append(req)
+                    server.cond.notify_all()
                 status, headers, payload = server.respond(req, self)
                 if status < 0:  # the responder took over the socket
-                    return
-                req.status = status
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                if "content-length" not in {k.lower() for k in headers}:
-                    self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
+                    self.close_connection = True
+                    req.status = -1
+                else:
+                    req.status = status
+                    try:
+                        self.send_response(status)
+                        for name, value in headers.items():
+                            self.send_header(name, value)
+                        if "content-length" not in {k.lower() for k in headers}:
+                            self.send_header("content-length", str(len(payload)))
+                        self.end_headers()
+                        if self.command != "HEAD":
+                            self.wfile.write(payload)
+                    except OSError:  # the client gave up waiting (a timeout test)
+                        self.close_connection = True
                 with server.cond:
                     server.requests.append(req)
                     server.cond.notify_all()
 
             do_GET = do_POST = do_PUT = do_HEAD = _handle
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _HTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -90,8 +113,23 @@ class _Server:
         with self.cond:
             ok = self.cond.wait_for(lambda: len(self.requests) >= n, timeout)
             if not ok:
-                raise AssertionError(f"waited {timeout}s for {n} requests, got {len(self.requests)}")
+                raise AssertionError(
+                    f"waited {timeout}s for {n} requests, got {len(self.requests)}"
+                )
             return list(self.requests)
+
+    def wait_arrived(self, n: int, timeout: float = WAIT) -> list[Request]:
+        """Block until at least `n` requests were read, answered or not."""
+        with self.cond:
+            ok = self.cond.wait_for(lambda: len(self.arrived) >= n, timeout)
+            if not ok:
+                raise AssertionError(f"waited {timeout}s for {n} arrivals, got {len(self.arrived)}")
+            return list(self.arrived)
+
+    def open_requests(self) -> int:
+        """Requests read but not answered yet (e.g. held by a hanging handler)."""
+        with self.cond:
+            return len(self.arrived) - len(self.requests)
 
     def close(self) -> None:
         self.release.set()
@@ -150,3 +188,19 @@ class Receiver(_Server):
             if not ok:
                 raise AssertionError(f"waited {timeout}s for {n} accepted webhooks")
         return self.accepted()
+
+
+def reset_connection(handler: BaseHTTPRequestHandler) -> Reply:
+    """A responder step: abort the connection with a TCP RST instead of answering."""
+    sock = handler.connection
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    return -1, {}, b""
+
+
+def garbage_reply(handler: BaseHTTPRequestHandler) -> Reply:
+    """A responder step: answer bytes that are not HTTP at all, then close."""
+    handler.wfile.write(b"this is not HTTP\r\n\r\n")
+    handler.wfile.flush()
+    handler.connection.shutdown(socket.SHUT_RDWR)
+    return -1, {}, b""
