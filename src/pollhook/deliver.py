@@ -137,14 +137,21 @@ class DeliveryWorker:
         task.add_done_callback(self.tasks.discard)
 
     async def _attempt(self, sub: Subscriber, delivery: DueDelivery, limit: bool) -> None:
-        if limit:  # run --once starts everything at once; keep the per-subscriber cap
-            sem = self._once_limits.setdefault(sub.name, asyncio.Semaphore(sub.max_in_flight))
-            async with sem:
+        started = time.monotonic()
+        try:
+            if limit:  # run --once starts everything at once; keep the per-subscriber cap
+                sem = self._once_limits.setdefault(sub.name, asyncio.Semaphore(sub.max_in_flight))
+                async with sem:
+                    outcome = await attempt(self.client, sub, delivery)
+            else:
                 outcome = await attempt(self.client, sub, delivery)
-        else:
-            outcome = await attempt(self.client, sub, delivery)
-        if outcome.status_code == 410:
-            await self._pause(sub)
+            if outcome.status_code == 410:
+                await self._pause(sub)
+        except Exception as exc:  # a bug here must not leave the delivery in flight forever
+            log.exception("subscriber=%s event=%s attempt crashed", sub.name, delivery.event_id)
+            duration_ms = (time.monotonic() - started) * 1000
+            error = f"internal error: {describe_error(exc)}"
+            outcome = _decide(sub, delivery, None, error, None, None, duration_ms)
         self._outcomes.append(outcome)
         self._outcome_ready.set()
 
@@ -162,14 +169,23 @@ class DeliveryWorker:
     async def _flush_forever(self) -> None:
         while True:
             await self._outcome_ready.wait()
-            await self._flush()
+            try:
+                await self._flush()
+            except Exception:  # e.g. the disk is full: keep the batch, try again shortly
+                log.exception("could not record delivery outcomes; retrying")
+                await asyncio.sleep(IDLE_WAKE)
 
     async def _flush(self) -> None:
         self._outcome_ready.clear()
         batch, self._outcomes = self._outcomes, []
         if not batch:
             return
-        await self.db(Store.record_outcomes, batch)
+        try:
+            await self.db(Store.record_outcomes, batch)
+        except Exception:  # rolled back (not a cancel: the DB thread finishes those writes)
+            self._outcomes[:0] = batch  # not recorded: the deliveries stay in flight until it is
+            self._outcome_ready.set()
+            raise
         for outcome in batch:
             self.in_flight.get(outcome.subscriber, set()).discard(outcome.delivery_id)
             _log_outcome(outcome)
@@ -208,12 +224,21 @@ async def attempt(client: httpx.AsyncClient, sub: Subscriber, delivery: DueDeliv
             error = f"HTTP {status}"
     except TimeoutError:
         error = f"timed out after {sub.timeout:g}s"
-    except httpx.HTTPError as exc:
-        error = f"{type(exc).__name__}: {exc or 'request failed'}"
-    except OSError as exc:
-        error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # refused, reset, malformed answer...: all retried (outpost #314)
+        error = describe_error(exc)
     duration_ms = (time.monotonic() - started) * 1000
     return _decide(sub, delivery, status, error, body, retry_after, duration_ms)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming what went wrong, for the attempt log.
+
+    The aiohttp transport maps its errors onto httpx classes loosely (a reset
+    connection arrives as `ConnectTimeout`), so the original cause is named.
+    """
+    root = exc.__cause__ if isinstance(exc, httpx.HTTPError) and exc.__cause__ else exc
+    text = " ".join(str(root).replace("\\n", " ").split()) or "request failed"
+    return f"{type(root).__name__}: {text}"[:500]
 
 
 async def _post(
