@@ -195,7 +195,9 @@ class DeliveryWorker:
 async def attempt(client: httpx.AsyncClient, sub: Subscriber, delivery: DueDelivery) -> Outcome:
     """POST one delivery and decide what happens next. Never raises for receiver faults."""
     timestamp = int(time.time())
-    headers = dict(sub.headers)
+    # header names are case-insensitive: a configured `Webhook-Id` must not ride along
+    # next to ours as a second value, so the reserved names are dropped in any case
+    headers = {k: v for k, v in sub.headers.items() if not _reserved(k)}
     headers.update(
         {
             "content-type": "application/json",
@@ -228,6 +230,15 @@ async def attempt(client: httpx.AsyncClient, sub: Subscriber, delivery: DueDeliv
         error = describe_error(exc)
     duration_ms = (time.monotonic() - started) * 1000
     return _decide(sub, delivery, status, error, body, retry_after, duration_ms)
+
+
+_RESERVED = frozenset({"content-type", "content-length", "transfer-encoding", "host"})
+
+
+def _reserved(name: str) -> bool:
+    """Headers pollhook owns: the Standard Webhooks ones and the body's framing."""
+    lower = name.lower()
+    return lower.startswith("webhook-") or lower in _RESERVED
 
 
 def describe_error(exc: BaseException) -> str:
