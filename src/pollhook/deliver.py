@@ -28,6 +28,7 @@ log = logging.getLogger("pollhook.deliver")
 
 RESPONSE_KEEP = 4096
 IDLE_WAKE = 1.0
+MIN_WAKE = 0.01  # a due delivery found by a racing writer: look again soon, never spin
 DbCall = Callable[..., Awaitable[Any]]
 
 
@@ -125,10 +126,15 @@ class DeliveryWorker:
                 continue
             for delivery in await self.db(Store.due_deliveries, sub.name, now, free, set(flying)):
                 self._start(sub, delivery)
-        next_due: float | None = await self.db(Store.next_due_at, [s.name for s in self._active()])
-        if next_due is None or next_due <= now:
+        # a subscriber with no free slot is woken by its own completions (`_flush`)
+        ready = [
+            s.name for s in self._active() if len(self.in_flight.get(s.name, ())) < s.max_in_flight
+        ]
+        open_ids = {i for name in ready for i in self.in_flight.get(name, ())}
+        next_due: float | None = await self.db(Store.next_due_at, ready, open_ids)
+        if next_due is None:
             return IDLE_WAKE
-        return min(IDLE_WAKE, next_due - now)
+        return min(IDLE_WAKE, max(next_due - now, MIN_WAKE))
 
     def _start(self, sub: Subscriber, delivery: DueDelivery, limit: bool = False) -> None:
         self.in_flight.setdefault(sub.name, set()).add(delivery.id)

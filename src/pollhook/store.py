@@ -353,17 +353,29 @@ class Store:
         )
         return [DueDelivery(*row) for row in rows if row[0] not in skip][:limit]
 
-    def next_due_at(self, subscribers: Iterable[str]) -> float | None:
-        names = list(subscribers)
-        if not names:
-            return None
-        marks = ",".join("?" * len(names))
-        row = self.db.conn.execute(
-            f"SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'"
-            f" AND subscriber IN ({marks})",
-            names,
-        ).fetchone()
-        return None if row[0] is None else float(row[0])
+    def next_due_at(self, subscribers: Iterable[str], exclude: Iterable[int] = ()) -> float | None:
+        """When the next pending delivery of `subscribers` falls due.
+
+        Deliveries in `exclude` (those in flight, whose `next_attempt_at` is
+        already past) are skipped: counting them would make every wait look
+        overdue while any attempt is open, and a hanging receiver would delay
+        everyone's retries to the worker's idle tick. One index range per
+        subscriber, so a large backlog costs nothing here.
+        """
+        skip = set(exclude)
+        best: float | None = None
+        for name in subscribers:
+            rows = self.db.conn.execute(
+                "SELECT id, next_attempt_at FROM deliveries WHERE subscriber = ?"
+                " AND status = 'pending' ORDER BY next_attempt_at LIMIT ?",
+                (name, len(skip) + 1),
+            )
+            for delivery_id, due in rows:
+                if delivery_id not in skip:
+                    if due is not None and (best is None or due < best):
+                        best = float(due)
+                    break
+        return best
 
     def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """Write a batch of attempt results in one transaction."""
