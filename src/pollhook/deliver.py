@@ -59,6 +59,8 @@ class DeliveryWorker:
         self.subscribers = {s.name: s for s in subscribers}
         self.in_flight: dict[str, set[int]] = {}
         self.paused: dict[str, str] = {}
+        self._pausing: dict[str, str] = {}  # paused here; a DB read may not show it yet
+        self._pause_written: set[str] = set()  # ...whose write has completed
         self.tasks: set[asyncio.Task[None]] = set()
         self._outcomes: list[Outcome] = []
         self._outcome_ready = asyncio.Event()
@@ -91,7 +93,7 @@ class DeliveryWorker:
     async def drain_due(self) -> None:
         """`run --once`: one attempt for every delivery due now, then return."""
         now = time.time()
-        self.paused = await self.db(Store.paused_subscribers)
+        await self._refresh_paused()
         for sub in self._active():
             due = await self.db(Store.due_deliveries, sub.name, now, 1_000_000)
             for delivery in due:
@@ -118,7 +120,7 @@ class DeliveryWorker:
 
     async def _dispatch(self, now: float) -> float:
         """Start every due delivery a subscriber has room for; return how long to sleep."""
-        self.paused = await self.db(Store.paused_subscribers)
+        await self._refresh_paused()
         for sub in self._active():
             flying = self.in_flight.setdefault(sub.name, set())
             free = sub.max_in_flight - len(flying)
@@ -135,6 +137,19 @@ class DeliveryWorker:
         if next_due is None:
             return IDLE_WAKE
         return min(IDLE_WAKE, max(next_due - now, MIN_WAKE))
+
+    async def _refresh_paused(self) -> None:
+        """Pauses from the DB (`pollhook resume` clears them there), plus our own new ones.
+
+        A read issued before `_pause`'s write completed may not show it; without
+        `_pausing` it would un-pause the subscriber for a round of attempts.
+        """
+        written = set(self._pause_written)  # a read issued now is sure to show these
+        stored: dict[str, str] = await self.db(Store.paused_subscribers)
+        for name in written:
+            self._pausing.pop(name, None)
+        self._pause_written -= written
+        self.paused = {**stored, **self._pausing}
 
     def _start(self, sub: Subscriber, delivery: DueDelivery, limit: bool = False) -> None:
         self.in_flight.setdefault(sub.name, set()).add(delivery.id)
@@ -165,8 +180,9 @@ class DeliveryWorker:
         if sub.name in self.paused:
             return
         reason = "receiver answered 410 Gone"
-        self.paused[sub.name] = reason
+        self.paused[sub.name] = self._pausing[sub.name] = reason
         await self.db(Store.pause_subscriber, sub.name, reason, time.time())
+        self._pause_written.add(sub.name)
         log.warning(
             "subscriber=%s paused: %s; its deliveries are kept. Resume with"
             " `pollhook resume %s`", sub.name, reason, sub.name,
