@@ -25,6 +25,7 @@ import jmespath.exceptions
 import jmespath.functions
 
 from ._yaml import LineList, LineMap, load_yaml, one_line
+from .config_formats import FORMAT_KEYS, format_options
 from .errors import ConfigError
 
 CHANGE_EVENTS = ("item.created", "item.updated", "item.deleted", "document.changed")
@@ -44,6 +45,7 @@ _VAR_RE = re.compile(
     r"\$\$|\$\{file:([^}]+)\}|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{[^}]*\}?"
 )
 _FUNCTIONS = jmespath.functions.Functions()
+_OWN_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding", "host"})
 _FIELD_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -70,12 +72,26 @@ class Source:
     ignore: tuple[str, ...] = ()
     timeout: float | None = None
     emit_initial: bool = False
+    format: str = "auto"  # json|feed|xml|csv|text|html; see formats.py and config_formats.py
+    mode: str = "items"  # or "document": the whole body is one item (document.py)
+    select: str | None = None  # JMESPath narrowing a JSON-like document
+    selector: str | None = None  # CSS selector narrowing an HTML document
+    regex: str | None = None  # regular expression narrowing a text/HTML document
+    delimiter: str | None = None  # CSV delimiter; sniffed when None
 
     @property
     def fingerprint(self) -> str:
         """Identity of the detection settings: a change re-baselines silently."""
-        text = "\0".join([self.items, self.key, *sorted(self.ignore)])
+        text = "\0".join([self.items, self.key, *sorted(self.ignore), *self._format_parts()])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _format_parts(self) -> list[str]:
+        """Format settings that differ from the defaults (older fingerprints stay valid)."""
+        defaults = Source(self.name, self.url, self.interval)
+        names = ("format", "mode", "select", "selector", "regex", "delimiter")
+        return [
+            f"{n}={getattr(self, n)}" for n in names if getattr(self, n) != getattr(defaults, n)
+        ]
 
 
 @dataclass(frozen=True)
@@ -302,7 +318,7 @@ class _Validator:
             out.append((self.interpolate(str(item), line, f"{where}.{key}"), line))
         return tuple(out)
 
-    def headers(self, node: LineMap, where: str) -> dict[str, str]:
+    def headers(self, node: LineMap, where: str, webhook: bool = False) -> dict[str, str]:
         if "headers" not in node:
             return {}
         value = node["headers"]
@@ -320,6 +336,8 @@ class _Validator:
             text = self.interpolate(raw, line, f"{where}.headers.{name}")
             if "\n" in text or "\r" in text:
                 raise self.fail(line, where, f"header '{name}' must not contain line breaks")
+            if webhook and (name.lower().startswith("webhook-") or name.lower() in _OWN_HEADERS):
+                raise self.fail(line, where, f"header '{name}' is set by pollhook itself")
             out[name] = text
         return out
 
@@ -427,7 +445,8 @@ class _Validator:
             where = f"source '{node['name']}'"
         node = self.keys(
             node, where, line, ("name", "url", "interval"),
-            ("method", "headers", "items", "key", "ignore", "timeout", "emit_initial"),
+            ("method", "headers", "items", "key", "ignore", "timeout", "emit_initial",
+             *FORMAT_KEYS),
         )  # fmt: skip
         name = self.name(node, where, seen)
         method = self.text(node, "method", where, "GET").upper()
@@ -451,6 +470,7 @@ class _Validator:
             ignore=ignore,
             timeout=self.duration(node, "timeout", where, 0) or None,
             emit_initial=self.boolean(node, "emit_initial", where, False),
+            **format_options(self, node, where),
         )
 
     def field_path(self, path: str, line: int, where: str) -> str:
@@ -489,7 +509,7 @@ class _Validator:
             sources=only_sources,
             events=events,
             retry=retry,
-            headers=self.headers(node, where),
+            headers=self.headers(node, where, webhook=True),
             timeout=self.duration(node, "timeout", where, 15.0),
             max_in_flight=self.positive_int(node, "max_in_flight", where, 10),
         )

@@ -20,10 +20,12 @@ import orjson
 from . import metrics
 from .config import Config, Source, Subscriber
 from .diff import Delta, changes_for, compare
+from .document import document_changes
 from .errors import SourceError
 from .events import build_event, iso_timestamp
-from .extract import Item, extract_items, parse_json
+from .extract import Item
 from .fetch import Fetched, HostLimits, fetch
+from .formats import read_items
 from .store import PollWrite, SourceState, Store
 
 log = logging.getLogger("pollhook.poll")
@@ -82,7 +84,7 @@ class Poller:
                 log.debug("source=%s not modified", source.name)
                 events: list[str] = []
             else:
-                items = await _extract(source, fetched.body)
+                items = await _extract(source, fetched.body, fetched.content_type)
                 events = await self.db(
                     _commit, source, state, items, fetched, self.config.subscribers, time.time()
                 )
@@ -143,18 +145,18 @@ async def dry_run(
     state: SourceState | None = await db(Store.source_state, source.name)
     fetched = await fetch(client, source, config.http, HostLimits(config.http.max_per_host))
     assert fetched.body is not None  # no conditional headers were sent
-    items = await _extract(source, fetched.body)
+    items = await _extract(source, fetched.body, fetched.content_type)
     write: PollWrite = await db(
         plan, source, state, items, fetched, config.subscribers, time.time()
     )
     return write
 
 
-async def _extract(source: Source, body: bytes) -> dict[str, Item]:
+async def _extract(source: Source, body: bytes, content_type: str) -> dict[str, Item]:
     """Parse and key the body; large bodies go to a thread to keep the loop responsive."""
 
     def work() -> dict[str, Item]:
-        return extract_items(parse_json(body), source.items, source.key, source.ignore)
+        return read_items(source, body, content_type)
 
     if len(body) <= INLINE_PARSE_LIMIT:
         return work()
@@ -191,6 +193,8 @@ def plan(
         delta, held = _hold_mass_delete(source, delta, state, len(stored))
         previous = store.item_values(source.name, delta.updated + delta.deleted)
         changes = changes_for(delta, items, previous)
+    if source.mode == "document":
+        changes = document_changes(changes)
     events = [
         build_event(source.name, c.type, c.key, c.data(source.name), subscribers, now)
         for c in changes
