@@ -88,7 +88,9 @@ def test_inspection_without_state_file_is_a_usage_error(tmp_path) -> None:  # ty
     assert "no state file" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_dry_run_prints_the_exact_bodies_and_writes_nothing(upstream, write_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_dry_run_prints_the_exact_bodies_and_writes_nothing(
+    upstream, write_config, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     upstream.items = [{"id": 1, "v": "a"}]
     cfg = write_config(
         f"""
@@ -117,3 +119,22 @@ def test_dry_run_prints_the_exact_bodies_and_writes_nothing(upstream, write_conf
     assert len(again.stdout.splitlines()) == 1  # the dry run did not record the change
     assert (tmp_path / "state.db").read_bytes() == before
     assert pollhook("poll", "nope", "--dry-run", "-c", str(cfg)).returncode == 2
+
+
+@pytest.mark.parametrize("fault", ["garbage", "reset"])
+def test_upstream_that_breaks_http_is_a_recorded_source_failure(
+    upstream, write_config, fault
+) -> None:  # type: ignore[no-untyped-def]
+    from servers import garbage_reply, reset_connection
+
+    step = garbage_reply if fault == "garbage" else reset_connection
+    upstream.fault = lambda req, handler: step(handler)
+    cfg = write_config(
+        f"state: s.db\nsources:\n  - name: odd\n    url: {upstream.url}/x\n    interval: 1m\n"
+    )
+    result = pollhook("run", "--once", "-c", str(cfg))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "internal error" not in result.stderr
+    status = json.loads(pollhook("status", "--json", "-c", str(cfg)).stdout)
+    assert status["sources"][0]["outcome"] == "failing"
+    assert status["sources"][0]["consecutive_failures"] == 1

@@ -473,14 +473,13 @@ def test_custom_headers_sent_but_cannot_override_webhook_headers(
     upstream, receiver, write_config, daemon, monkeypatch
 ):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("HOOK_TOKEN", "s3cret")
-    headers = {
-        "X-Tenant": "acme",
-        "Authorization": "Bearer ${HOOK_TOKEN}",
-        "webhook-id": "msg_forged",
-        "Webhook-Timestamp": "1",
-        "WEBHOOK-SIGNATURE": "v1,Zm9yZ2Vk",
-        "Content-Type": "text/plain",
-    }
+    headers = {"X-Tenant": "acme", "Authorization": "Bearer ${HOOK_TOKEN}"}
+    for reserved in ("webhook-id", "Webhook-Timestamp", "WEBHOOK-SIGNATURE", "Content-Type"):
+        bad = make_config(
+            write_config, {"tickets": upstream}, [sub("hooks", receiver, headers={reserved: "x"})]
+        )
+        result = pollhook("check", "-c", str(bad))
+        assert result.returncode == 2 and f"header '{reserved}' is set by pollhook" in result.stderr
     upstream.items = [{"id": 1}]
     cfg = make_config(
         write_config, {"tickets": upstream}, [sub("hooks", receiver, headers=headers)]
@@ -497,8 +496,7 @@ def test_custom_headers_sent_but_cannot_override_webhook_headers(
 
     event_id = query(proc.db, "SELECT id FROM events")[0][0]
     assert sent("webhook-id") == [event_id]
-    assert len(sent("webhook-timestamp")) == 1 and sent("webhook-timestamp") != ["1"]
-    assert len(sent("webhook-signature")) == 1 and "Zm9yZ2Vk" not in sent("webhook-signature")[0]
+    assert len(sent("webhook-timestamp")) == 1 and len(sent("webhook-signature")) == 1
     assert sent("content-type") == ["application/json"]
     Webhook(SECRET).verify(req.body, req.headers)
     assert proc.stop() == 0

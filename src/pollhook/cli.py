@@ -23,6 +23,7 @@ from .logs import setup_logging
 from .output import print_json, print_table, when
 
 log = logging.getLogger("pollhook")
+DEFAULT_CONFIG = "sources.yaml"
 
 
 def _db_path(args: argparse.Namespace, config: Config | None) -> Path:
@@ -35,11 +36,13 @@ def _db_path(args: argparse.Namespace, config: Config | None) -> Path:
 
 
 def _optional_config(args: argparse.Namespace) -> Config | None:
-    """Inspection commands need the config only for `state:`; a missing default file is fine."""
-    path = Path(args.config)
-    if not path.exists() and args.config == "sources.yaml":
+    """Inspection commands need the config only for `state:` and names.
+
+    With `--db` and no `-c`, or with no ./sources.yaml, they work without one.
+    """
+    if args.config is None and (getattr(args, "db", None) or not Path(DEFAULT_CONFIG).exists()):
         return None
-    return load_config(path)
+    return load_config(args.config or DEFAULT_CONFIG)
 
 
 def _open_store(args: argparse.Namespace, config: Config | None):  # type: ignore[no-untyped-def]
@@ -59,7 +62,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     example: pollhook check -c /etc/pollhook/sources.yaml
     """
-    config = load_config(args.config)
+    config = load_config(args.config or DEFAULT_CONFIG)
     print(
         f"ok: {config.path} is valid ({len(config.sources)} sources, "
         f"{len(config.subscribers)} subscribers)"
@@ -78,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     from .daemon import Daemon
 
-    config = load_config(args.config)
+    config = load_config(args.config or DEFAULT_CONFIG)
     db_path = _db_path(args, config)
     listen = _listen_address(args.metrics) if args.metrics else None
 
@@ -265,7 +268,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
         raise UsageError(
             "only `pollhook poll NAME --dry-run` exists; `pollhook run --once` polls for real"
         )
-    config = load_config(args.config)
+    config = load_config(args.config or DEFAULT_CONFIG)
     source = config.source(args.source)
     if source is None:
         names = ", ".join(s.name for s in config.sources)
@@ -301,7 +304,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """
     from .demo import run_demo
 
-    return run_demo(duration=args.duration, config_path=Path(args.config))
+    return run_demo(duration=args.duration, config_path=Path(args.config or DEFAULT_CONFIG))
 
 
 def _listen_address(text: str) -> tuple[str, int]:
@@ -364,9 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=doc.splitlines()[0], description=doc,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
-        p.add_argument(
-            "-c", "--config", default="sources.yaml", help="config file (default: ./sources.yaml)"
-        )
+        p.add_argument("-c", "--config", help="config file (default: ./sources.yaml)")
         p.set_defaults(func=func)
         return p
 

@@ -20,7 +20,7 @@ import httpx
 from standardwebhooks.webhooks import Webhook
 
 from .config import Subscriber
-from .fetch import USER_AGENT
+from .fetch import USER_AGENT, describe_error
 from .retry import delivery_delay, parse_retry_after
 from .store import DueDelivery, Outcome, Store
 
@@ -261,17 +261,6 @@ def _reserved(name: str) -> bool:
     """Headers pollhook owns: the Standard Webhooks ones and the body's framing."""
     lower = name.lower()
     return lower.startswith("webhook-") or lower in _RESERVED
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line naming what went wrong, for the attempt log.
-
-    The aiohttp transport maps its errors onto httpx classes loosely (a reset
-    connection arrives as `ConnectTimeout`), so the original cause is named.
-    """
-    root = exc.__cause__ if isinstance(exc, httpx.HTTPError) and exc.__cause__ else exc
-    text = " ".join(str(root).replace("\\n", " ").split()) or "request failed"
-    return f"{type(root).__name__}: {text}"[:500]
 
 
 async def _post(

@@ -18,7 +18,7 @@ import httpx
 
 from . import __version__
 from .config import HttpSettings, Source
-from .errors import FetchError
+from .errors import FetchError, PollhookError
 from .retry import parse_retry_after
 
 USER_AGENT = f"pollhook/{__version__}"
@@ -73,8 +73,21 @@ async def fetch(
             raise FetchError(f"timed out after {timeout:g}s") from None
         except httpx.TooManyRedirects:
             raise FetchError("too many redirects") from None
-        except httpx.HTTPError as exc:
-            raise FetchError(f"{type(exc).__name__}: {exc or 'request failed'}") from None
+        except PollhookError:
+            raise
+        except Exception as exc:  # refused, reset, a malformed answer: a failed poll, not a crash
+            raise FetchError(describe_error(exc)) from None
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming what went wrong, for the attempt log.
+
+    The aiohttp transport maps its errors onto httpx classes loosely (a reset
+    connection arrives as `ConnectTimeout`), so the original cause is named.
+    """
+    root = exc.__cause__ if isinstance(exc, httpx.HTTPError) and exc.__cause__ else exc
+    text = " ".join(str(root).replace("\\n", " ").split()) or "request failed"
+    return f"{type(root).__name__}: {text}"[:500]
 
 
 async def _request(
