@@ -118,6 +118,14 @@ class Subscriber:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """How long finished records are kept: the state file must not grow without bound."""
+
+    delivered: float = 30 * 86400.0
+    dead: float = 90 * 86400.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -126,6 +134,7 @@ class Config:
     subscribers: tuple[Subscriber, ...] = ()
     state: Path | None = None
     http: HttpSettings = HttpSettings()
+    retention: Retention = Retention()
 
     def source(self, name: str) -> Source | None:
         return next((s for s in self.sources if s.name == name), None)
@@ -390,7 +399,9 @@ class _Validator:
             raise self.fail(
                 line, "", f"the config must be a mapping with a 'sources' list, got {_kind(data)}"
             )
-        top = self.keys(data, "", 1, ("sources",), ("state", "subscribers", "http"))
+        top = self.keys(
+            data, "", 1, ("sources",), ("state", "subscribers", "http", "retention")
+        )
         http = self.http(top)
         sources_node = self.list_of(top, "sources")
         if not sources_node:
@@ -410,7 +421,17 @@ class _Validator:
             for index, (item, line) in enumerate(zip(subs_node, subs_node.item_lines, strict=True))
         )
         state = self.state(top)
-        return Config(self.path, sources, subscribers, state, http)
+        return Config(self.path, sources, subscribers, state, http, self.retention(top))
+
+    def retention(self, top: LineMap) -> Retention:
+        if "retention" not in top:
+            return Retention()
+        where = "retention"
+        node = self.keys(top[where], where, top.key_lines[where], (), ("delivered", "dead"))
+        return Retention(
+            delivered=self.duration(node, "delivered", where, Retention.delivered),
+            dead=self.duration(node, "dead", where, Retention.dead),
+        )
 
     def state(self, top: LineMap) -> Path | None:
         if "state" not in top:

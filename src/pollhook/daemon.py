@@ -36,6 +36,7 @@ log = logging.getLogger("pollhook.daemon")
 
 STOP_GRACE = 5.0
 STATUS_EVERY = 10.0
+PRUNE_EVERY = 3600.0
 
 
 def make_client(max_connections: int = 1000) -> httpx.AsyncClient:
@@ -142,10 +143,12 @@ class Daemon:
             self.metrics = MetricsServer(host, port, self._outbox, self._alive)
             await self.metrics.start()
         watch = asyncio.create_task(self._watch())
+        prune = asyncio.create_task(self._prune_forever())
         try:
             await self.worker.run(self.stopping)
         finally:
             watch.cancel()
+            prune.cancel()
             if self.metrics:
                 await self.metrics.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -184,6 +187,20 @@ class Daemon:
             return False
         metrics.HEARTBEAT.set(time.time())
         return True
+
+    async def _prune_forever(self) -> None:
+        """Retention: drop delivered (and, later, dead) records so the file stays flat."""
+        while True:
+            keep = self.config.retention
+            await asyncio.sleep(min(PRUNE_EVERY, max(keep.delivered / 2, 0.5)))
+            now = time.time()
+            try:
+                removed = await self.db(Store.prune, now - keep.delivered, now - keep.dead)
+            except Exception:  # e.g. disk full: pruning is retried next round
+                log.exception("retention: pruning failed")
+                continue
+            if removed:
+                log.info("retention: pruned %d finished deliveries", removed)
 
     async def _outbox(self) -> dict[str, Any]:
         snapshot: dict[str, Any] = await self.db(outbox_snapshot)

@@ -493,6 +493,37 @@ class Store:
             )
         return cursor.rowcount
 
+    # -- retention ---------------------------------------------------------------
+
+    def prune(self, delivered_before: float, dead_before: float, batch: int = 5000) -> int:
+        """Delete finished deliveries (and their attempts), then events nobody waits for.
+
+        Works in short batches so a large prune never holds the write lock for long;
+        pending deliveries and their events are never touched.
+        """
+        removed = 0
+        for status, before in (("delivered", delivered_before), ("dead", dead_before)):
+            while True:
+                with self.transaction() as conn:
+                    ids = [row[0] for row in conn.execute(
+                        "SELECT id FROM deliveries WHERE status = ? AND updated_at < ? LIMIT ?",
+                        (status, before, batch),
+                    )]  # fmt: skip
+                    marks = ",".join("?" * len(ids))
+                    conn.execute(f"DELETE FROM attempts WHERE delivery_id IN ({marks})", ids)
+                    conn.execute(f"DELETE FROM deliveries WHERE id IN ({marks})", ids)
+                removed += len(ids)
+                if len(ids) < batch:
+                    break
+        oldest = min(delivered_before, dead_before)
+        with self.transaction() as conn:
+            conn.execute(
+                "DELETE FROM events WHERE created_at < ?"
+                " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
+                (oldest,),
+            )
+        return removed
+
 
 def now() -> float:
     return time.time()
