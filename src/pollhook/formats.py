@@ -259,10 +259,9 @@ def decode_text(body: bytes, content_type: str = "") -> str:
     """The body as text in its declared charset (UTF-8 by default, BOM skipped)."""
     match = _CHARSET_RE.search(content_type)
     charset = match.group(1) if match else "utf-8"
-    if charset.lower().replace("_", "-") in ("utf-8", "utf8"):
-        charset = "utf-8-sig"
+    codec = "utf-8-sig" if charset.lower().replace("_", "-") in ("utf-8", "utf8") else charset
     try:
-        return body.decode(charset)
+        return body.decode(codec)
     except LookupError:
         raise ExtractError(f"unknown charset {charset!r}") from None
     except UnicodeDecodeError as exc:
