@@ -201,3 +201,19 @@ def test_fingerprint_covers_format_settings_only_when_set() -> None:
     ]  # fmt: skip
     prints = {s.fingerprint for s in changed}
     assert len(prints) == len(changed) and plain.fingerprint not in prints
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "sources.md"
+
+
+def doc_examples() -> list[str]:
+    """The complete configs (```yaml blocks starting with `sources:`) of docs/sources.md."""
+    blocks = DOCS.read_text("utf-8").split("```yaml\n")[1:]
+    return [b.split("```", 1)[0] for b in blocks if b.startswith("sources:")]
+
+
+@pytest.mark.parametrize("example", doc_examples())
+def test_documented_examples_are_valid(tmp_path: Path, example: str) -> None:
+    path = tmp_path / "sources.yaml"
+    path.write_text(example)
+    assert load_config(path, env={}).sources
