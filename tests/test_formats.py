@@ -217,3 +217,11 @@ def test_documented_examples_are_valid(tmp_path: Path, example: str) -> None:
     path = tmp_path / "sources.yaml"
     path.write_text(example)
     assert load_config(path, env={}).sources
+
+
+def test_a_feed_body_naming_a_local_file_is_not_read(tmp_path: Path) -> None:
+    """feedparser opens a bytes argument as a path if it can: the body must be data only."""
+    local = tmp_path / "secret.rss"
+    local.write_text('<rss version="2.0"><channel><item><guid>leak</guid></item></channel></rss>')
+    with pytest.raises(ExtractError):
+        read_items(make_source({"format": "feed"}), str(local).encode(), "application/rss+xml")

@@ -162,7 +162,8 @@ def parse(fmt: str, body: bytes, content_type: str = "", delimiter: str | None =
 def parse_feed(body: bytes, content_type: str = "") -> list[dict[str, Any]]:
     """RSS 0.9x/1.0/2.0 and Atom entries as plain JSON objects, `id` never empty if a link exists."""
     headers = {"content-type": content_type} if content_type else {}
-    parsed = feedparser.parse(body, response_headers=headers)
+    # a stream, never bytes: feedparser would open() a body that reads like a file path
+    parsed = feedparser.parse(io.BytesIO(body), response_headers=headers)
     problem = parsed.get("bozo_exception")
     if parsed.get("bozo") and not isinstance(problem, _BENIGN_FEED_ERRORS):
         raise ExtractError(f"body is not a well-formed feed: {problem}")
