@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pollhook.errors import ExtractError, SourceError
-from pollhook.extract import canonical_hash, extract_items, parse_json, without_paths
+from pollhook.extract import canonical_hash, extract_items, parse_json, search, without_paths
 
 CASES = yaml.safe_load((Path(__file__).parent / "cases" / "extract.yaml").read_text("utf-8"))
 
@@ -152,3 +152,18 @@ def test_ignore_does_not_mutate_the_item() -> None:
 def test_ignore_applies_to_non_object_items_harmlessly() -> None:
     items = extract_items(["a", "b"], "@", "@", ("updated_at",))
     assert items["a"].hash == canonical_hash("a")
+
+
+@pytest.mark.parametrize(
+    ("expression", "document"),
+    [
+        ("id", {"id": 3}), ("id", {"ID": 3}), ("id", [1]), ("id", None), ("@", [1, 2]),
+        ("a.b", {"a": {"b": 1}}), ("a.b", {"a": [1]}), ("a.b", {"a": "text"}),
+        ("a.b.c", {"a": {"b": {"c": None}}}), ('"my-key"', {"my-key": 2}),
+        ("a[0]", {"a": [5]}), ("length(@)", [1, 2]),
+    ],
+)  # fmt: skip
+def test_field_path_fast_path_agrees_with_jmespath(expression: str, document: object) -> None:
+    import jmespath
+
+    assert search(expression, document) == jmespath.search(expression, document)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -141,9 +142,43 @@ _JSON_TYPES = {
 
 def search(expression: str, document: Any) -> Any:
     try:
-        return compiled(expression).search(document)
+        return _getter(expression)(document)
     except jmespath.exceptions.JMESPathError as exc:
         raise ExtractError(f"JMESPath {expression!r} failed: {exc}") from None
+
+
+@lru_cache(maxsize=512)
+def _getter(expression: str) -> Callable[[Any], Any]:
+    """A plain field path (`id`, `data.items`, `@`) as direct dict lookups.
+
+    Keys are usually such paths and are evaluated once per item: the general
+    JMESPath interpreter spent 5 µs per item on them (0.5 s per 100k items).
+    The result is the same as JMESPath's: None where a step is not an object.
+    """
+    path = _field_chain(dict(compiled(expression).parsed))
+    if path is None:
+        return compiled(expression).search
+
+    def get(document: Any) -> Any:
+        for name in path:
+            if not isinstance(document, dict):
+                return None
+            document = document.get(name)
+        return document
+
+    return get
+
+
+def _field_chain(node: dict[str, Any]) -> list[str] | None:
+    if node["type"] == "current":
+        return []
+    if node["type"] == "field":
+        return [node["value"]]
+    if node["type"] == "subexpression":
+        parts = [_field_chain(child) for child in node["children"]]
+        if all(p is not None for p in parts):
+            return [name for p in parts if p is not None for name in p]
+    return None
 
 
 def extract_items(document: Any, items: str, key: str, ignore: tuple[str, ...]) -> dict[str, Item]:
