@@ -12,8 +12,6 @@ import difflib
 import re
 from typing import Any, Protocol
 
-import soupsieve
-
 from ._yaml import LineMap
 
 FORMAT_KEYS = ("format", "mode", "select", "selector", "regex", "delimiter")
@@ -93,6 +91,8 @@ def _check_fit(v: _Validator, node: LineMap, where: str, fmt: str, mode: str) ->
 def _selector(v: _Validator, node: LineMap, where: str) -> str:
     selector = v.text(node, "selector", where)
     try:
+        import soupsieve  # only configs with a selector pay for it
+
         soupsieve.compile(selector)
     except Exception as exc:  # SelectorSyntaxError, and ValueError for an empty selector
         problem = str(exc).splitlines()[0] if str(exc) else "empty selector"

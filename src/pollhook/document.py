@@ -18,13 +18,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bs4 import BeautifulSoup, Tag
-
 from .diff import Change
 from .errors import ExtractError
 from .extract import Item, canonical_hash, only_paths, search, without_paths
 
 if TYPE_CHECKING:
+    from bs4 import BeautifulSoup, Tag
+
     from .config import Source
 
 DOCUMENT_KEY = "document"

@@ -17,16 +17,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import feedparser
-import xmltodict
-from bs4 import BeautifulSoup
-
 from .config_formats import TEXTUAL
 from .document import DOCUMENT_KEY, document_item
 from .errors import ExtractError
 from .extract import BOM, Item, extract_items, parse_json, search
 
 if TYPE_CHECKING:
+    from bs4 import BeautifulSoup
+
     from .config import Source
 
 
@@ -45,7 +43,7 @@ _ROOT_RE = re.compile(rb"<([A-Za-z_][\w.:-]*)")
 _CHARSET_RE = re.compile(r";\s*charset\s*=\s*\"?([\w.:-]+)", re.IGNORECASE)
 # feedparser notes these but parses the feed fine; anything else (a SAX error) may be a
 # truncated feed that the loose parser would still half-read: that poll must fail.
-_BENIGN_FEED_ERRORS = (feedparser.CharacterEncodingOverride, feedparser.NonXMLContentType)
+_BENIGN_FEED_ERRORS = ("CharacterEncodingOverride", "NonXMLContentType")  # feedparser names
 
 
 @dataclass(frozen=True)
@@ -163,9 +161,12 @@ def parse_feed(body: bytes, content_type: str = "") -> list[dict[str, Any]]:
     """RSS 0.9x/1.0/2.0 and Atom entries as plain JSON objects, `id` never empty if a link exists."""
     headers = {"content-type": content_type} if content_type else {}
     # a stream, never bytes: feedparser would open() a body that reads like a file path
+    import feedparser  # imported on first use: it costs ~0.1 s at start-up
+
     parsed = feedparser.parse(io.BytesIO(body), response_headers=headers)
     problem = parsed.get("bozo_exception")
-    if parsed.get("bozo") and not isinstance(problem, _BENIGN_FEED_ERRORS):
+    benign = tuple(getattr(feedparser, name) for name in _BENIGN_FEED_ERRORS)
+    if parsed.get("bozo") and not isinstance(problem, benign):
         raise ExtractError(f"body is not a well-formed feed: {problem}")
     if not parsed.get("version"):
         raise ExtractError("body is not an RSS or Atom feed")
@@ -216,6 +217,8 @@ def parse_xml(body: bytes) -> Any:
     declarations are dropped; entities stay disabled (no XXE, no bombs).
     """
     try:
+        import xmltodict
+
         return xmltodict.parse(body, postprocessor=_local_name, disable_entities=True)
     except Exception as exc:  # expat errors, ValueError for entities
         raise ExtractError(f"body is not well-formed XML: {exc}") from None
@@ -306,4 +309,6 @@ def _sniff_delimiter(text: str) -> str:
 def parse_html(body: bytes, content_type: str = "") -> BeautifulSoup:
     """A tolerant parse (stdlib html.parser): legacy pages are rarely valid HTML."""
     match = _CHARSET_RE.search(content_type)
+    from bs4 import BeautifulSoup
+
     return BeautifulSoup(body, "html.parser", from_encoding=match.group(1) if match else None)
