@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -41,10 +42,26 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
 
 
-class _Server:
-    """A threaded HTTP server that records requests and answers via `respond`."""
+class _TLSServer(_HTTPServer):
+    """HTTPS: each connection's TLS handshake runs in its handler thread, not the accept loop."""
 
-    def __init__(self) -> None:
+    tls: ssl.SSLContext
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = self.socket.accept()
+        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client refusing our certificate is what the TLS tests expect
+
+
+class _Server:
+    """A threaded HTTP server that records requests and answers via `respond`.
+
+    With `tls` (a server-side SSLContext) it serves HTTPS and `url` says so.
+    """
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[Request] = []
         self.arrived: list[Request] = []  # every request read, answered or not (yet)
         self.cond = threading.Condition()
@@ -91,7 +108,12 @@ class _Server:
 
             do_GET = do_POST = do_PUT = do_HEAD = _handle
 
-        self.httpd = _HTTPServer(("127.0.0.1", 0), Handler)
+        self.scheme = "https" if tls else "http"
+        if tls is None:
+            self.httpd = _HTTPServer(("127.0.0.1", 0), Handler)
+        else:
+            self.httpd = _TLSServer(("127.0.0.1", 0), Handler)
+            self.httpd.tls = tls
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -99,7 +121,7 @@ class _Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def respond(self, req: Request, handler: BaseHTTPRequestHandler) -> Reply:
         raise NotImplementedError

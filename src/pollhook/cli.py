@@ -215,7 +215,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print_table(
         sources,
         [("source", "name", None), ("outcome", "outcome", None), ("last poll", "last_poll_at", when),
-         ("items", "items_count", None), ("failures", "consecutive_failures", None),
+         ("items", "items_count", None), ("held", "held_deletions", None),
+         ("failures", "consecutive_failures", None),
          ("next poll (est.)", "next_poll_at", when),
          ("last error", "last_error", lambda v: (v or "")[:60])],
     )  # fmt: skip

@@ -27,6 +27,16 @@ import jmespath.functions
 from ._yaml import LineList, LineMap, load_yaml, one_line
 from .config_formats import FORMAT_KEYS, format_options
 from .errors import ConfigError
+from .options import (
+    SOURCE_KEYS,
+    Auth,
+    Incremental,
+    MassDelete,
+    Pagination,
+    detection_shape,
+    parse_delay,
+)
+from .options import source_options as request_options
 
 CHANGE_EVENTS = ("item.created", "item.updated", "item.deleted", "document.changed")
 HEALTH_EVENTS = ("source.failing", "source.recovered")
@@ -56,6 +66,7 @@ class HttpSettings:
     max_per_host: int = 10
     timeout: float = 30.0
     max_body_size: int = 100 * 1000**2
+    min_delay: float = 0.0  # between the starts of two requests to one host
 
 
 @dataclass(frozen=True)
@@ -78,11 +89,27 @@ class Source:
     selector: str | None = None  # CSS selector narrowing an HTML document
     regex: str | None = None  # regular expression narrowing a text/HTML document
     delimiter: str | None = None  # CSV delimiter; sniffed when None
+    # requests, pagination, incremental mode and safety: see options.py
+    params: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+    content_type: str | None = None
+    auth: Auth | None = None
+    ca_bundle: str | None = None
+    verify_tls: bool = True
+    max_body_size: int | None = None
+    pagination: Pagination | None = None
+    incremental: Incremental | None = None
+    mass_delete: MassDelete = field(default_factory=MassDelete)
+    max_events_per_poll: int | None = None
+    failing_after: int = 3
+    jitter: float = 0.0
 
     @property
     def fingerprint(self) -> str:
         """Identity of the detection settings: a change re-baselines silently."""
         text = "\0".join([self.items, self.key, *sorted(self.ignore), *self._format_parts()])
+        if self.pagination or self.incremental:  # only when set: older fingerprints stay valid
+            text += "\0" + detection_shape(self)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def _format_parts(self) -> list[str]:
@@ -446,7 +473,7 @@ class _Validator:
             return HttpSettings()
         node = self.keys(
             top["http"], "http", top.key_lines["http"], (),
-            ("max_per_host", "timeout", "max_body_size"),
+            ("max_per_host", "timeout", "max_body_size", "min_delay"),
         )  # fmt: skip
         default = HttpSettings()
         max_body = default.max_body_size
@@ -458,6 +485,9 @@ class _Validator:
             max_per_host=self.positive_int(node, "max_per_host", "http", default.max_per_host),
             timeout=self.duration(node, "timeout", "http", default.timeout),
             max_body_size=max_body,
+            min_delay=self.convert(node, "min_delay", "http", parse_delay, "0 or a duration")
+            if "min_delay" in node
+            else 0.0,
         )
 
     def source(self, node: Any, line: int, index: int, seen: dict[str, int]) -> Source:
@@ -467,7 +497,7 @@ class _Validator:
         node = self.keys(
             node, where, line, ("name", "url", "interval"),
             ("method", "headers", "items", "key", "ignore", "timeout", "emit_initial",
-             *FORMAT_KEYS),
+             *FORMAT_KEYS, *SOURCE_KEYS),
         )  # fmt: skip
         name = self.name(node, where, seen)
         method = self.text(node, "method", where, "GET").upper()
@@ -492,6 +522,7 @@ class _Validator:
             timeout=self.duration(node, "timeout", where, 0) or None,
             emit_initial=self.boolean(node, "emit_initial", where, False),
             **format_options(self, node, where),
+            **request_options(self, node, where),
         )
 
     def field_path(self, path: str, line: int, where: str) -> str:

@@ -115,6 +115,7 @@ class Daemon:
         if self.poll_tasks:
             await asyncio.wait(self.poll_tasks, timeout=STOP_GRACE)
         await self.worker.close(grace=STOP_GRACE)
+        await self.poller.aclose()  # the clients of sources with their own TLS settings
         if self._own_client:
             await self.client.aclose()
         await asyncio.to_thread(self.db.close)

@@ -8,17 +8,20 @@ then writes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import zlib
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
 from . import __version__
 from .config import HttpSettings, Source
 from .errors import FetchError, PollhookError
+from .request import extra_headers
 from .retry import parse_retry_after
 
 USER_AGENT = f"pollhook/{__version__}"
@@ -33,42 +36,72 @@ class Fetched:
     content_type: str
     etag: str | None
     last_modified: str | None
+    next_link: str | None = None  # the Link header's rel="next", absolute
 
 
 class HostLimits:
-    """Per-host concurrency caps, so many sources on one host never hammer it."""
+    """Per-host concurrency caps and spacing, so many sources on one host never hammer it."""
 
-    def __init__(self, max_per_host: int) -> None:
+    def __init__(self, max_per_host: int, min_delay: float = 0.0) -> None:
         self.max_per_host = max_per_host
+        self.min_delay = min_delay
         self._semaphores: defaultdict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(self.max_per_host)
         )
+        self._next_start: dict[str, float] = {}
 
     def for_url(self, url: str) -> asyncio.Semaphore:
-        parts = urlsplit(url)
-        return self._semaphores[f"{parts.hostname}:{parts.port}"]
+        return self._semaphores[_host(url)]
+
+    @contextlib.asynccontextmanager
+    async def slot(self, url: str) -> AsyncIterator[None]:
+        """Hold one of the host's slots; starts are at least `min_delay` apart per host."""
+        host = _host(url)
+        async with self._semaphores[host]:
+            if self.min_delay > 0:
+                now = time.monotonic()
+                start = max(now, self._next_start.get(host, 0.0))
+                self._next_start[host] = start + self.min_delay  # reserved before waiting
+                if start > now:
+                    await asyncio.sleep(start - now)
+            yield
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}"
 
 
 async def fetch(
     client: httpx.AsyncClient, source: Source, http: HttpSettings, limits: HostLimits,
-    etag: str | None = None, last_modified: str | None = None,
+    etag: str | None = None, last_modified: str | None = None, *, url: str | None = None,
+    params: httpx.QueryParams | None = None, max_body: int | None = None,
 ) -> Fetched:  # fmt: skip
-    """GET (or the source's method) with conditional headers, a total timeout and a size cap."""
+    """GET (or the source's method) with conditional headers, a total timeout and a size cap.
+
+    `url` (a next page) replaces the source's URL; `params` are merged into
+    the URL's query; `max_body` overrides the size cap (what is left of it).
+    """
     headers = {
         "user-agent": USER_AGENT,
         "accept": "application/json, */*;q=0.5",
         "accept-encoding": "gzip, deflate",
     }
+    headers.update(extra_headers(source))
     headers.update(source.headers)
     if etag:
         headers["if-none-match"] = etag
     if last_modified:
         headers["if-modified-since"] = last_modified
     timeout = source.timeout or http.timeout
-    async with limits.for_url(source.url):
+    target = url or source.url
+    if params:  # merged into the URL's own query (httpx's `params=` would replace it)
+        target = str(httpx.URL(target).copy_merge_params(params))
+    limit = max_body or source.max_body_size or http.max_body_size
+    async with limits.slot(target):
         try:
             async with asyncio.timeout(timeout):
-                return await _request(client, source, headers, http.max_body_size)
+                return await _request(client, source, target, headers, limit)
         except TimeoutError:
             raise FetchError(f"timed out after {timeout:g}s") from None
         except httpx.TooManyRedirects:
@@ -91,10 +124,10 @@ def describe_error(exc: BaseException) -> str:
 
 
 async def _request(
-    client: httpx.AsyncClient, source: Source, headers: dict[str, str], max_body: int
+    client: httpx.AsyncClient, source: Source, url: str, headers: dict[str, str], max_body: int
 ) -> Fetched:
     async with client.stream(
-        source.method, source.url, headers=headers, follow_redirects=True
+        source.method, url, content=source.body, headers=headers, follow_redirects=True
     ) as response:
         status = response.status_code
         if status == 304:
@@ -118,7 +151,13 @@ async def _request(
             content_type=response.headers.get("content-type", ""),
             etag=response.headers.get("etag"),
             last_modified=response.headers.get("last-modified"),
+            next_link=_next_link(response),
         )
+
+
+def _next_link(response: httpx.Response) -> str | None:
+    link = response.links.get("next", {}).get("url") if "link" in response.headers else None
+    return urljoin(str(response.url), link) if link else None
 
 
 def _decode(raw: bytes, encoding: str, max_body: int) -> bytes:

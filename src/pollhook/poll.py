@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import orjson
 
-from . import metrics
-from .config import Config, Source, Subscriber
+from . import cursor, metrics, paginate
+from .config import Config, HttpSettings, Source, Subscriber
 from .diff import Delta, changes_for, compare
 from .document import document_changes
 from .errors import SourceError
@@ -26,15 +26,13 @@ from .events import build_event, iso_timestamp
 from .extract import Item
 from .fetch import Fetched, HostLimits, fetch
 from .formats import read_items
+from .request import Clients, query
 from .store import PollWrite, SourceState, Store
 
 log = logging.getLogger("pollhook.poll")
 
 DbCall = Callable[..., Awaitable[Any]]
 
-FAILING_AFTER = 3
-MASS_DELETE_MIN = 10
-MASS_DELETE_RATIO = 0.10
 INLINE_PARSE_LIMIT = 256 * 1024
 
 
@@ -59,14 +57,19 @@ class Poller:
     ) -> None:  # fmt: skip
         self.db = db
         self.client = client
+        self.clients = Clients(client)  # sources with their own TLS settings get their own
         self.config = config
-        self.limits = HostLimits(config.http.max_per_host)
+        self.limits = HostLimits(config.http.max_per_host, config.http.min_delay)
         self.on_events = on_events
 
     def reconfigure(self, config: Config) -> None:
-        if config.http.max_per_host != self.config.http.max_per_host:
-            self.limits = HostLimits(config.http.max_per_host)
+        old = self.config.http
+        if (config.http.max_per_host, config.http.min_delay) != (old.max_per_host, old.min_delay):
+            self.limits = HostLimits(config.http.max_per_host, config.http.min_delay)
         self.config = config
+
+    async def aclose(self) -> None:
+        await self.clients.aclose()
 
     async def poll(self, source: Source) -> PollResult:
         """Poll once; never raises for upstream problems (they become a failed result)."""
@@ -74,17 +77,14 @@ class Poller:
         settled = state is not None and state.fingerprint == source.fingerprint
         started = time.monotonic()
         try:
-            fetched = await fetch(
-                self.client, source, self.config.http, self.limits,
-                etag=state.etag if settled and state else None,
-                last_modified=state.last_modified if settled and state else None,
-            )  # fmt: skip
+            fetched, items = await _fetch_items(
+                self.clients, source, self.config.http, self.limits, state if settled else None
+            )
             if fetched.body is None:
                 await self.db(Store.record_unchanged, source.name, time.time())
                 log.debug("source=%s not modified", source.name)
                 events: list[str] = []
             else:
-                items = await _extract(source, fetched.body, fetched.content_type)
                 events = await self.db(
                     _commit, source, state, items, fetched, self.config.subscribers, time.time()
                 )
@@ -117,7 +117,7 @@ class Poller:
         failures: int = await self.db(Store.record_failure, source.name, error, time.time())
         log.warning("source=%s poll failed (%d in a row): %s", source.name, failures, error)
         healthy = state is None or state.health != "failing"
-        if failures >= FAILING_AFTER and healthy:
+        if failures >= source.failing_after and healthy:
             await self._health(
                 source, "failing", "source.failing", {"failures": failures, "error": error}
             )
@@ -143,13 +143,53 @@ async def dry_run(
 ) -> PollWrite:
     """Fetch and diff like a real poll (unconditionally), but write nothing."""
     state: SourceState | None = await db(Store.source_state, source.name)
-    fetched = await fetch(client, source, config.http, HostLimits(config.http.max_per_host))
-    assert fetched.body is not None  # no conditional headers were sent
-    items = await _extract(source, fetched.body, fetched.content_type)
+    settled = state is not None and state.fingerprint == source.fingerprint
+    clients = Clients(client)
+    try:
+        fetched, items = await _fetch_items(
+            clients, source, config.http, HostLimits(config.http.max_per_host),
+            state if settled else None, conditional=False,
+        )  # fmt: skip
+    finally:
+        await clients.aclose()
     write: PollWrite = await db(
         plan, source, state, items, fetched, config.subscribers, time.time()
     )
     return write
+
+
+async def _fetch_items(
+    clients: Clients, source: Source, http: HttpSettings, limits: HostLimits,
+    state: SourceState | None, conditional: bool = True,
+) -> tuple[Fetched, dict[str, Item]]:  # fmt: skip
+    """Every page of one poll and its items, or a SourceError; no items after a 304.
+
+    `state` is the settled state (None re-baselines): its ETag and Last-Modified
+    make the request conditional (not for paginated sources: page 1 unchanged
+    says nothing of page 2) and its cursor is sent in incremental mode.
+    """
+    client = clients.get(source)
+    params = query(
+        source, paginate.first_page(source),
+        [(source.incremental.param, since)]
+        if source.incremental and (since := cursor.since(source, state.cursor if state else None))
+        else [],
+    )  # fmt: skip
+    conditional = conditional and state is not None and source.pagination is None
+    fetched = await fetch(
+        client, source, http, limits, params=params,
+        etag=state.etag if conditional and state else None,
+        last_modified=state.last_modified if conditional and state else None,
+    )  # fmt: skip
+    if fetched.body is None:
+        return fetched, {}
+    items = await _extract(source, fetched.body, fetched.content_type)
+    if source.pagination is not None:
+        items = await paginate.more_pages(
+            client, source, http, limits, fetched, items, params,
+            lambda page: _extract(source, page.body or b"", page.content_type),
+        )  # fmt: skip
+    return fetched, items
 
 
 async def _extract(source: Source, body: bytes, content_type: str) -> dict[str, Item]:
@@ -188,11 +228,22 @@ def plan(
             changes = changes_for(Delta(created=list(items)), items, {})
         elif state is not None and state.fingerprint is not None:
             log.info("source=%s detection settings changed: re-baselined silently", source.name)
+    elif source.incremental is not None:  # only what changed is listed: nothing is ever deleted
+        delta = compare(stored, items)
+        delta = Delta(delta.created, delta.updated, [])
+        previous = store.item_values(source.name, delta.updated)
+        changes = changes_for(delta, items, previous)
     else:
         delta = compare(stored, items)
         delta, held = _hold_mass_delete(source, delta, state, len(stored))
         previous = store.item_values(source.name, delta.updated + delta.deleted)
         changes = changes_for(delta, items, previous)
+    cap = source.max_events_per_poll
+    if not baseline and cap is not None and len(changes) > cap:
+        raise SourceError(
+            f"implausible poll: {len(changes)} changes exceed max_events_per_poll {cap};"
+            " nothing recorded (raise the cap to accept them)"
+        )
     if source.mode == "document":
         changes = document_changes(changes)
     events = [
@@ -209,24 +260,39 @@ def plan(
         upserts=upserts,
         deletes=delta.deleted,
         events=events,
-        items_count=len(items) + len(held),
+        items_count=len(items) + len(held)
+        if source.incremental is None or baseline
+        else len(stored) + len(delta.created),
         etag=fetched.etag,
         last_modified=fetched.last_modified,
         held_deletes=orjson.dumps(sorted(held)).decode() if held else None,
+        cursor=cursor.advance(source, None if baseline or state is None else state.cursor, items),
     )
 
 
 def _hold_mass_delete(
     source: Source, delta: Delta, state: SourceState | None, tracked: int
 ) -> tuple[Delta, set[str]]:
-    """Hold back a mass deletion until the next complete poll confirms it."""
+    """Hold back a mass deletion until the next complete poll confirms it.
+
+    A paginated source holds every deletion (unless `confirm_deletions: false`):
+    an item that moved between pages while they were fetched looks deleted once.
+    """
     previously_held = (
         set(orjson.loads(state.held_deletes)) if state and state.held_deletes else set()
     )
     confirmed = [k for k in delta.deleted if k in previously_held]
     rest = [k for k in delta.deleted if k not in previously_held]
     everything = bool(rest) and len(rest) == tracked  # an empty list is as suspect as a flood
-    if everything or (len(rest) > MASS_DELETE_MIN and len(rest) > MASS_DELETE_RATIO * tracked):
+    limit = source.mass_delete
+    paged = source.pagination is not None and source.pagination.confirm_deletions
+    if rest and paged:
+        log.info(
+            "source=%s %d items gone: deletions of a paginated source wait for the next poll",
+            source.name, len(rest),
+        )  # fmt: skip
+        return Delta(delta.created, delta.updated, confirmed), set(rest)
+    if everything or (len(rest) > limit.min and len(rest) > limit.ratio * tracked):
         log.warning(
             "source=%s %d of %d items vanished at once: holding the deletion until the next poll"
             " confirms it",

@@ -6,6 +6,7 @@ never block it.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -20,7 +21,7 @@ def source_status(store: Store, config: Config | None) -> list[dict[str, Any]]:
         r["name"]: r
         for r in store.db.query(
             "SELECT name, last_poll_at, last_success_at, last_error, last_error_at,"
-            " consecutive_failures, items_count, health FROM sources"
+            " consecutive_failures, items_count, health, held_deletes, cursor FROM sources"
         )
     }
     out = []
@@ -35,6 +36,8 @@ def _with_outcome(
     row: dict[str, Any], interval: float | None, configured: bool = True
 ) -> dict[str, Any]:
     row = dict(row)
+    held = row.pop("held_deletes", None)  # deletions waiting for a confirming poll
+    row["held_deletions"] = len(json.loads(held)) if held else 0
     failures = row.get("consecutive_failures") or 0
     last = row.get("last_poll_at")
     row["outcome"] = "never polled" if last is None else ("failing" if failures else "ok")

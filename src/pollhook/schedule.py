@@ -51,7 +51,7 @@ class PollSchedule:
         for name, source in wanted.items():
             old = self.sources.get(name)
             self.sources[name] = source
-            if old is not None and old.interval == source.interval:
+            if old is not None and (old.interval, old.jitter) == (source.interval, source.jitter):
                 continue
             if old is not None:
                 self.scheduler.remove_job(name)
@@ -63,6 +63,7 @@ class PollSchedule:
         self.scheduler.add_job(
             self._job, "interval", args=[source.name], id=source.name,
             seconds=source.interval, start_date=first, next_run_time=first,
+            jitter=source.jitter or None,  # each later poll: up to `jitter` seconds late
             max_instances=1, coalesce=True, misfire_grace_time=None,
         )  # fmt: skip
 

@@ -27,7 +27,7 @@ import sqlite_utils
 
 from .errors import LockedError, StateError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -93,6 +93,8 @@ _MIGRATIONS: dict[int, str] = {
         last_success_at REAL
     );
     """,
+    # incremental mode: the cursor of the last complete poll, as JSON, written with its state
+    2: "ALTER TABLE sources ADD COLUMN cursor TEXT",
 }
 
 
@@ -108,6 +110,7 @@ class SourceState:
     items_count: int
     held_deletes: str | None
     health: str
+    cursor: str | None = None  # incremental mode's cursor, JSON
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,7 @@ class PollWrite:
     etag: str | None = None
     last_modified: str | None = None
     held_deletes: str | None = None
+    cursor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -246,7 +250,7 @@ class Store:
     def source_state(self, name: str) -> SourceState | None:
         row = self.db.conn.execute(
             "SELECT name, fingerprint, etag, last_modified, consecutive_failures, items_count,"
-            " held_deletes, health FROM sources WHERE name = ?",
+            " held_deletes, health, cursor FROM sources WHERE name = ?",
             (name,),
         ).fetchone()
         return SourceState(*row) if row else None
@@ -283,15 +287,15 @@ class Store:
             self._insert_events(conn, write.events, now)
             conn.execute(
                 "INSERT INTO sources (name, fingerprint, etag, last_modified, last_poll_at,"
-                " last_success_at, consecutive_failures, items_count, held_deletes)"
-                " VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)"
+                " last_success_at, consecutive_failures, items_count, held_deletes, cursor)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET fingerprint = excluded.fingerprint,"
                 " etag = excluded.etag, last_modified = excluded.last_modified,"
                 " last_poll_at = excluded.last_poll_at, last_success_at = excluded.last_success_at,"
                 " consecutive_failures = 0, items_count = excluded.items_count,"
-                " held_deletes = excluded.held_deletes",
+                " held_deletes = excluded.held_deletes, cursor = excluded.cursor",
                 (write.source, write.fingerprint, write.etag, write.last_modified, now, now,
-                 write.items_count, write.held_deletes),
+                 write.items_count, write.held_deletes, write.cursor),
             )  # fmt: skip
 
     def _insert_events(
