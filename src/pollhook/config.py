@@ -426,9 +426,7 @@ class _Validator:
             raise self.fail(
                 line, "", f"the config must be a mapping with a 'sources' list, got {_kind(data)}"
             )
-        top = self.keys(
-            data, "", 1, ("sources",), ("state", "subscribers", "http", "retention")
-        )
+        top = self.keys(data, "", 1, ("sources",), ("state", "subscribers", "http", "retention"))
         http = self.http(top)
         sources_node = self.list_of(top, "sources")
         if not sources_node:

@@ -198,7 +198,10 @@ def _body(v: _Validator, node: LineMap, where: str) -> dict[str, Any]:
     key = given[0]
     line = node.key_lines[key]
     if key == "body_json":
-        content = orjson.dumps(_plain(v, node[key], line, f"{where}.body_json"))
+        try:
+            content = orjson.dumps(_plain(v, node[key], line, f"{where}.body_json"))
+        except TypeError as exc:  # an integer beyond 64 bits
+            raise v.fail(line, where, f"'body_json' cannot be sent as JSON: {exc}") from None
         return {"body": content, "content_type": "application/json"}
     if key == "body_form":
         form = urllib.parse.urlencode(_pairs(v, node, "body_form", where))
@@ -359,7 +362,7 @@ def parse_delay(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, int | float):
-        if value < 0 or value > 366 * 86400:
+        if not 0 <= value <= 366 * 86400:  # also refuses NaN
             raise ValueError(value)
         return float(value)
     if str(value).strip() in ("0", "0s", "0.0"):
