@@ -592,6 +592,17 @@ def test_retry_after_pushes_the_next_poll(api, write_config, daemon, status):  #
     assert gap >= 2 * 0.8, f"next poll {gap:.2f}s after Retry-After: 2 (jitter may take 20%)"
 
 
+def test_a_failing_source_backs_off_exponentially(api, write_config, daemon):  # type: ignore[no-untyped-def]
+    upstream = api(lambda req: (500, {}, b"down"))
+    cfg = write_config(config(source("down", f"{upstream.url}/down", interval="100ms")))
+    proc = daemon(cfg, db(cfg)).start()
+    requests = upstream.wait_for(5)
+    assert proc.stop() == 0
+    gaps = [b.at - a.at for a, b in itertools.pairwise(requests[:5])]
+    for failures, gap in enumerate(gaps, start=1):  # 0.2 s, 0.4 s, 0.8 s, 1.6 s less jitter
+        assert gap >= 0.1 * 2**failures * 0.8, (failures, gaps)
+
+
 def _holding_route(server_ref: dict[str, Api], peak: dict[str, int]) -> Callable[[Request], Reply]:
     """Hold each request until more than two are open at once, or half a second passed."""
     lock = threading.Lock()
