@@ -74,8 +74,19 @@ def _sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
     return result
 
 
+def _int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    """PyYAML's int, but a number past Python's 4300-digit limit is a config error."""
+    try:
+        value: int = yaml.SafeLoader.construct_yaml_int(loader, node)
+    except ValueError:
+        line = node.start_mark.line + 1
+        raise ConfigError(f"line {line}: number of {len(node.value)} digits is too long") from None
+    return value
+
+
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
+_Loader.add_constructor("tag:yaml.org,2002:int", _int)
 
 
 def load_yaml(path: Path) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sqlite3
 import sys
 import tempfile
 import time
@@ -27,6 +28,12 @@ DEFAULT_CONFIG = "sources.yaml"
 
 
 def _db_path(args: argparse.Namespace, config: Config | None) -> Path:
+    args.state_path = _resolve_db_path(args, config)  # named by errors the store cannot name
+    path: Path = args.state_path
+    return path
+
+
+def _resolve_db_path(args: argparse.Namespace, config: Config | None) -> Path:
     if getattr(args, "db", None):
         return Path(args.db)
     if config is not None and config.state is not None:
@@ -435,6 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except PollhookError as exc:
         print(f"pollhook: error: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.DatabaseError as exc:  # e.g. pages corrupted behind a valid header
+        where = getattr(args, "state_path", None) or "the state file"
+        print(f"pollhook: error: {where}: state file unusable: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

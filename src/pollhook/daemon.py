@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -92,6 +93,7 @@ class Daemon:
         store = await asyncio.to_thread(Store, self.db_path)
         try:
             store.lock()
+            store.check_writable()
         except BaseException:
             store.close()
             raise
@@ -248,6 +250,12 @@ class Daemon:
             return await task
         except asyncio.CancelledError:
             return PollResult(name, ok=False, error="cancelled")
+        except sqlite3.Error as exc:  # locked, full, read-only: the transaction wrote nothing
+            log.error(
+                "source=%s poll not recorded: state file %s: %s; nothing was written, the next"
+                " poll tries again", name, self.db_path, exc,
+            )  # fmt: skip
+            return PollResult(name, ok=False, error=f"state file: {exc}")
         except Exception as exc:  # a bug must not kill the daemon; record it per source
             log.exception("source=%s poll crashed", name)
             return PollResult(name, ok=False, error=f"internal error: {exc}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -83,7 +84,11 @@ class DeliveryWorker:
         self._flusher = asyncio.create_task(self._flush_forever())
         while not stopping.is_set():
             self._wake.clear()
-            timeout = await self._dispatch(time.time())
+            try:
+                timeout = await self._dispatch(time.time())
+            except sqlite3.OperationalError as exc:  # busy, I/O: transient; corruption is not
+                log.error("deliveries: cannot read the outbox (state file: %s); retrying", exc)
+                timeout = IDLE_WAKE
             wake = asyncio.create_task(self._wake.wait())
             stop = asyncio.create_task(stopping.wait())
             await asyncio.wait({wake, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -193,7 +198,11 @@ class DeliveryWorker:
             await self._outcome_ready.wait()
             try:
                 await self._flush()
-            except Exception:  # e.g. the disk is full: keep the batch, try again shortly
+            except sqlite3.Error as exc:  # locked, full: keep the batch, try again shortly
+                log.error("could not record %d delivery outcomes (state file: %s); retrying",
+                          len(self._outcomes), exc)  # fmt: skip
+                await asyncio.sleep(IDLE_WAKE)
+            except Exception:  # a bug: the same, with the traceback
                 log.exception("could not record delivery outcomes; retrying")
                 await asyncio.sleep(IDLE_WAKE)
 

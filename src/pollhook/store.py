@@ -187,7 +187,7 @@ class Store:
             self.db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise StateError(f"{path}: cannot open state file: {exc}") from None
+            raise StateError(f"{path}: cannot open state file: {exc}{_read_only(path)}") from None
         except OSError as exc:
             raise StateError(f"{path}: cannot create state file: {exc.strerror}") from None
 
@@ -214,7 +214,13 @@ class Store:
     def lock(self) -> None:
         """Take the single-instance lock: two daemons on one file would poll twice."""
         lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise StateError(
+                f"{self.path}: cannot open its lock file {lock_path.name}: {exc.strerror}"
+                f"{_read_only(self.path)}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -226,6 +232,28 @@ class Store:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+    def check_writable(self) -> None:
+        """Refuse a state file that cannot be written, at start rather than at the first poll.
+
+        SQLite opens a file it may not write (a read-only mount, an immutable
+        file, a mode the daemon's user lacks) read-only without complaint, and
+        then fails every write. Rewriting the header's user_version is a one-page write; a busy
+        or full file passes here: those are transient and handled at run time.
+        """
+        conn = self.db.conn
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            with self.transaction():
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_FULL):
+                return
+            raise StateError(
+                f"{self.path}: state file cannot be written: {exc}{_read_only(self.path)}"
+            ) from None
+        finally:
+            conn.execute("PRAGMA busy_timeout = 10000")
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -240,10 +268,14 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")  # a full disk fails here, when the pages reach the WAL
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (SQLITE_FULL, IOERR) or not (a failed
+            # COMMIT can leave the transaction open, and every later BEGIN would fail)
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     # -- sources and items ---------------------------------------------------
 
@@ -531,3 +563,12 @@ class Store:
 
 def now() -> float:
     return time.time()
+
+
+def _read_only(path: Path) -> str:
+    """A hint for SQLite's terse open/write errors when the file or its folder is read-only."""
+    for target in (path, path.parent):
+        if target.exists() and not os.access(target, os.W_OK):
+            what = "file" if target == path else "folder"
+            return f" (the {what} is read-only)"
+    return ""
