@@ -604,7 +604,7 @@ def test_a_failing_source_backs_off_exponentially(api, write_config, daemon):  #
 
 
 def _holding_route(server_ref: dict[str, Api], peak: dict[str, int]) -> Callable[[Request], Reply]:
-    """Hold each request until more than two are open at once, or half a second passed."""
+    """Hold each request until more than two are open at once, or a second passed."""
     lock = threading.Lock()
     open_now = {"n": 0}
 
@@ -614,7 +614,7 @@ def _holding_route(server_ref: dict[str, Api], peak: dict[str, int]) -> Callable
             open_now["n"] += 1
             peak["n"] = max(peak["n"], open_now["n"])
         with server.cond:
-            server.cond.wait_for(lambda: len(server.arrived) - len(server.requests) > 2, 0.5)
+            server.cond.wait_for(lambda: len(server.arrived) - len(server.requests) > 2, 1.0)
         with lock:
             open_now["n"] -= 1
         return body([{"id": path(req)}])
