@@ -217,7 +217,8 @@ def main() -> int:
             write_results(report, meta, opts)
             for r in report.rows:
                 print(f"   {r.measure}: ratio {r.ratio}; {r.raw}; target {r.target}: {met_text(r.met)}")
-            print(f"== {name}: {time.monotonic() - started:.0f} s -> bench/results/{name}.md", flush=True)
+            where = opts.profiles_dir.parent / f"{name}.md"
+            print(f"== {name}: {time.monotonic() - started:.0f} s -> {where}", flush=True)
         if not args.no_summary:
             update_benchmarks_md()
     finally:
