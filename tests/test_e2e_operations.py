@@ -120,6 +120,11 @@ def test_metrics_endpoint_is_scraped_and_healthz_answers(upstream, receiver, wri
     assert 'pollhook_polls_total{outcome="ok",source="m"}' in text
     assert 'pollhook_items_tracked{source="m"} 2.0' in text
     assert "pollhook_outbox_oldest_pending_seconds" in text
+    wait_until(
+        lambda: 'pollhook_deliveries_total{outcome="delivered",subscriber="r"} 1.0' in scrape(),
+        "the delivery counted",
+    )
+    assert 'pollhook_delivery_latency_seconds_count{subscriber="r"} 1.0' in scrape()
     health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
     assert health.status_code == 200 and health.json() == {"status": "ok"}
     assert proc.stop() == 0

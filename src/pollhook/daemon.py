@@ -38,6 +38,7 @@ log = logging.getLogger("pollhook.daemon")
 STOP_GRACE = 5.0
 STATUS_EVERY = 10.0
 PRUNE_EVERY = 3600.0
+STUCK_AFTER = 30.0  # the delivery loop turns every second; this long without a turn is stuck
 
 
 def make_client(max_connections: int = 1000) -> httpx.AsyncClient:
@@ -181,8 +182,10 @@ class Daemon:
                 last_status = time.monotonic()
 
     async def _alive(self) -> bool:
-        """The scheduler runs and the store thread answers within a few seconds."""
+        """The scheduler runs, the delivery loop turns, the store thread answers."""
         if not self.schedule.scheduler.running:
+            return False
+        if time.monotonic() - self.worker.heartbeat > STUCK_AFTER:
             return False
         try:
             await asyncio.wait_for(self.db(Store.source_state, ""), timeout=5.0)

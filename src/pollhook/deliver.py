@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from . import metrics
 from .config import Subscriber
 from .fetch import USER_AGENT, describe_error
 from .retry import delivery_delay, parse_retry_after
@@ -67,6 +68,7 @@ class DeliveryWorker:
         self._outcome_ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self.heartbeat = time.monotonic()  # the dispatch loop turns at least every IDLE_WAKE
         self._once_limits: dict[str, asyncio.Semaphore] = {}
 
     # -- control ----------------------------------------------------------------
@@ -84,6 +86,7 @@ class DeliveryWorker:
         self._flusher = asyncio.create_task(self._flush_forever())
         while not stopping.is_set():
             self._wake.clear()
+            self.heartbeat = time.monotonic()
             try:
                 timeout = await self._dispatch(time.time())
             except sqlite3.OperationalError as exc:  # busy, I/O: transient; corruption is not
@@ -220,6 +223,7 @@ class DeliveryWorker:
         for outcome in batch:
             self.in_flight.get(outcome.subscriber, set()).discard(outcome.delivery_id)
             _log_outcome(outcome)
+            _count(outcome)
         self.wake()
 
 
@@ -305,8 +309,16 @@ def _decide(
     return Outcome(
         delivery_id=delivery.id, at=now, status_code=status, duration_ms=duration_ms, error=error,
         response_body=body, new_status=new_status, attempts=attempts, next_attempt_at=next_at,
-        subscriber=sub.name, event_id=delivery.event_id,
+        subscriber=sub.name, event_id=delivery.event_id, detected_at=delivery.detected_at,
     )  # fmt: skip
+
+
+def _count(o: Outcome) -> None:
+    """Prometheus: attempts by outcome, and detection-to-delivery latency."""
+    outcome = "failed" if o.new_status == "pending" else o.new_status
+    metrics.DELIVERIES.labels(o.subscriber, outcome).inc()
+    if o.new_status == "delivered" and o.detected_at:
+        metrics.DELIVERY_SECONDS.labels(o.subscriber).observe(max(o.at - o.detected_at, 0.0))
 
 
 def _log_outcome(o: Outcome) -> None:

@@ -150,6 +150,7 @@ class DueDelivery:
     subscriber: str
     attempts: int
     body: bytes
+    detected_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ class Outcome:
     next_attempt_at: float | None
     subscriber: str
     event_id: str
+    detected_at: float = 0.0  # when the event was detected: delivery latency for metrics
 
 
 class Store:
@@ -381,7 +383,8 @@ class Store:
     ) -> list[DueDelivery]:
         skip = set(exclude)
         rows = self.db.conn.execute(
-            "SELECT d.id, d.event_id, d.subscriber, d.attempts, e.body FROM deliveries d"
+            "SELECT d.id, d.event_id, d.subscriber, d.attempts, e.body, e.created_at"
+            " FROM deliveries d"
             " JOIN events e ON e.id = d.event_id"
             " WHERE d.subscriber = ? AND d.status = 'pending' AND d.next_attempt_at <= ?"
             " ORDER BY d.next_attempt_at, d.id LIMIT ?",
