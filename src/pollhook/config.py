@@ -17,6 +17,7 @@ import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,12 @@ class Config:
     retention: Retention = Retention()
 
     def source(self, name: str) -> Source | None:
-        return next((s for s in self.sources if s.name == name), None)
+        return self._sources_by_name.get(name)
+
+    @cached_property
+    def _sources_by_name(self) -> dict[str, Source]:
+        """Each poll looks its source up: a scan was O(n) per poll, O(n²) per round."""
+        return {s.name: s for s in self.sources}
 
     def subscriber(self, name: str) -> Subscriber | None:
         return next((s for s in self.subscribers if s.name == name), None)
