@@ -2,8 +2,8 @@
 """pollhook's benchmark suite (issue 6): one command, every scenario, ratios against
 baselines measured in the same run. See BENCHMARKS.md for the results and what they mean.
 
-    python bench/run.py                      # the full suite (~15-20 minutes on 2 cores)
-    python bench/run.py --quick              # a ~2-3 minute version with smaller sizes
+    python bench/run.py                      # the full suite (~10 minutes on 2 cores)
+    python bench/run.py --quick              # a ~3 minute version with smaller sizes
     python bench/run.py --only polling,latency [--quick]
     python bench/run.py --profile            # also record py-spy / cProfile profiles
 
@@ -138,14 +138,14 @@ def update_benchmarks_md() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, one repeat (~2-3 min)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, one repeat (~3 min)")
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     parser.add_argument("--skip", help="comma-separated scenarios to leave out")
     parser.add_argument("--repeats", type=int, help="repeats per measurement (default 3, quick 1)")
     parser.add_argument("--profile", action="store_true", help="also record profiles (py-spy / cProfile)")
     parser.add_argument("--sources", type=int, default=1000, help="sources in polling/steady (1000)")
     parser.add_argument("--concurrency", type=int, default=50, help="polling concurrency (50)")
-    parser.add_argument("--steady-seconds", type=float, help="steady-state window (60; quick 20)")
+    parser.add_argument("--steady-seconds", type=float, help="steady-state window (60; quick 10)")
     parser.add_argument("--backlog", type=int, help="backlog deliveries (100000; quick 20000)")
     parser.add_argument("--head", action="store_true",
                         help="benchmark the committed HEAD (git archive of src/) instead of the "
@@ -183,7 +183,7 @@ def main() -> int:
         tmp=tmp,
         sources=args.sources,
         concurrency=args.concurrency,
-        steady_seconds=args.steady_seconds or (20.0 if quick else 60.0),
+        steady_seconds=args.steady_seconds or (10.0 if quick else 60.0),
         deliveries=5_000 if quick else 10_000,
         big_items=100_000,
         latency_changes=50 if quick else 200,
