@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from .config import Subscriber
+from .extract import stored_json
 from .store import NewEvent
 
 _id_lock = threading.Lock()
@@ -51,7 +50,7 @@ def iso_timestamp(at: float) -> str:
 
 
 def event_body(event_type: str, at: float, data: dict[str, Any]) -> bytes:
-    return orjson.dumps({"type": event_type, "timestamp": iso_timestamp(at), "data": data})
+    return stored_json({"type": event_type, "timestamp": iso_timestamp(at), "data": data})
 
 
 def build_event(

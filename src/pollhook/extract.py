@@ -72,6 +72,15 @@ def canonical_hash(value: Any) -> str:
     return hashlib.blake2b(_dumps(value, orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
 
 
+def stored_json(value: Any) -> bytes:
+    """JSON bytes to keep around (item bodies, event bodies).
+
+    orjson's result keeps its 4 KB working buffer: 100k kept bodies of ~100
+    bytes held ~400 MB. An exact-size copy costs ~0.3 µs and holds ~100 bytes.
+    """
+    return bytes(memoryview(orjson.dumps(value)))
+
+
 def _dumps(value: Any, option: int = 0) -> bytes:
     try:
         return orjson.dumps(value, option=option)

@@ -23,7 +23,7 @@ from .diff import Delta, changes_for, compare
 from .document import document_changes
 from .errors import SourceError
 from .events import build_event, iso_timestamp
-from .extract import Item
+from .extract import Item, stored_json
 from .fetch import Fetched, HostLimits, fetch
 from .formats import read_items
 from .request import Clients, query
@@ -251,7 +251,7 @@ def plan(
         for c in changes
     ]
     upserts = [
-        (key, items[key].hash, orjson.dumps(items[key].value))
+        (key, items[key].hash, stored_json(items[key].value))
         for key in delta.created + delta.updated
     ]
     return PollWrite(
