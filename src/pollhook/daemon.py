@@ -42,7 +42,7 @@ STUCK_AFTER = 30.0  # the delivery loop turns every second; this long without a 
 
 
 def make_client(max_connections: int = 1000) -> httpx.AsyncClient:
-    """The shared client: httpx's API over aiohttp's pool (~10x faster here, see BENCHMARKS.md)."""
+    """The shared client: httpx's API over aiohttp's pool, 3-11x httpx's own (bench/results/transport.md)."""
     # Idle connections close after 3 s: below the 5 s many servers use (Node, nginx
     # keepalive_timeout 5s), so a POST rarely races a server closing the same connection.
     limits = httpx.Limits(
