@@ -177,6 +177,25 @@ def test_params_bodies_and_auth_are_sent_as_configured(api, receiver, write_conf
     assert source_row(cfg, "soap")["items_count"] == 1  # the SOAP answer's one ticket
 
 
+@pytest.mark.parametrize(("status", "method", "has_body"), [(307, "POST", True), (303, "GET", False)])
+def test_a_redirected_post_keeps_or_drops_its_body_as_http_says(api, write_config, status, method, has_body):  # type: ignore[no-untyped-def]
+    def route(req: Request) -> Reply:
+        if path(req) == "/old":
+            return status, {"location": "/new"}, b""
+        return body([{"id": 1}])
+
+    upstream = api(route)
+    cfg = write_config(
+        config(source("moved", f"{upstream.url}/old", "method: POST\nbody_json: {q: 1}"))
+    )
+    assert once(cfg).returncode == 0
+    old, new = upstream.requests
+    assert (old.method, old.body, old.headers["content-type"]) == ("POST", b'{"q":1}', JSON["content-type"])
+    assert new.method == method and "transfer-encoding" not in new.headers
+    assert new.body == (b'{"q":1}' if has_body else b"")
+    assert ("content-length" in new.headers) is has_body  # no stray chunked empty body
+
+
 def _tls_files(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
     ca = trustme.CA()
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

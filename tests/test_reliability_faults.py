@@ -492,13 +492,6 @@ def test_fault_catalogue_is_complete() -> None:
         assert wanted in names
 
 
-@pytest.mark.xfail(
-    reason="fetch.py: httpx re-sends a followed redirect through the aiohttp transport as a GET"
-    " with `transfer-encoding: chunked` and an empty chunked body; servers that do not read"
-    " bodies on GET (like http.server here, and many legacy ones) then see '0' as the next"
-    " request line. Reported to the fetch.py owners; remove this mark once fixed.",
-    strict=False,
-)
 def test_a_followed_redirect_is_a_plain_get(write_config: Any, tmp_path: Path) -> None:
     def moved(req: Request, h: BaseHTTPRequestHandler) -> Reply:
         if req.path == "/old":

@@ -20,7 +20,6 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from . import metrics
 from .config import Config, load_config
@@ -30,6 +29,7 @@ from .metrics import MetricsServer
 from .notify import Notifier
 from .poll import Poller, PollResult
 from .report import outbox_snapshot, pending_count
+from .request import Transport
 from .schedule import PollSchedule
 from .store import Store
 
@@ -48,7 +48,7 @@ def make_client(max_connections: int = 1000) -> httpx.AsyncClient:
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=200, keepalive_expiry=3.0
     )
-    transport = AiohttpTransport(limits=limits)
+    transport = Transport(limits=limits)  # aiohttp's, sending bodies as bytes (request.py)
     return httpx.AsyncClient(transport=transport, timeout=None)
 
 

@@ -20,6 +20,22 @@ from .config import Source
 from .errors import FetchError
 
 
+class Transport(AiohttpTransport):
+    """The aiohttp transport, fed request bodies as bytes.
+
+    httpx re-sends a followed redirect with the original request's *stream*,
+    which the aiohttp transport would send chunked, with a made-up
+    `content-type: application/octet-stream`, even for a GET: servers that do
+    not read bodies on GET then take the empty chunk for their next request.
+    Reading the body first (ours are small) sends exactly what was configured.
+    """
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        response: httpx.Response = await super().handle_async_request(request)
+        return response
+
+
 def query(source: Source, *extra: Iterable[tuple[str, str]]) -> httpx.QueryParams:
     """The source's `params`, then each of `extra` replacing parameters of the same name."""
     params = httpx.QueryParams(list(source.params))
@@ -75,7 +91,7 @@ class Clients:
         if client is None:
             # the same shape as daemon.make_client, with this source's TLS policy
             limits = httpx.Limits(max_connections=self.max_connections)
-            transport = AiohttpTransport(verify=tls_context(source), limits=limits)
+            transport = Transport(verify=tls_context(source), limits=limits)
             client = self._own[key] = httpx.AsyncClient(transport=transport, timeout=None)
         return client
 
