@@ -303,3 +303,28 @@ def test_corrupt_state_file_is_one_clear_error_and_a_fresh_file_recovers(
     assert pollhook("run", "--once", "-c", str(cfg), "--db", str(db)).returncode == 0
     receiver.wait_accepted(2)
     assert [e["data"]["key"] for e in receiver.events()] == ["3", "4"]
+
+
+# -- retention horizon (found by the soak) -----------------------------------------------------
+
+
+def test_events_no_one_waits_for_are_pruned_at_the_delivered_horizon(tmp_path: Path) -> None:
+    """With `dead` longer than `delivered`, delivered events must not live as long as dead ones."""
+    from pollhook.store import NewEvent, PollWrite, Store
+
+    store = Store(tmp_path / "prune.db")
+    now = 1_000_000.0
+    events = [
+        NewEvent(f"msg_{n}", "api", "item.created", str(n), b"{}", ("hooks",)) for n in (1, 2)
+    ]
+    store.commit_poll(PollWrite("api", "fp", [], [], events, 0), now)
+    conn = store.db.conn
+    conn.execute("UPDATE deliveries SET status = 'delivered' WHERE event_id = 'msg_1'")
+    conn.execute("UPDATE deliveries SET status = 'dead' WHERE event_id = 'msg_2'")
+    later = now + 120  # both finished two minutes ago; delivered: 60s, dead: 1h
+    store.prune(delivered_before=later - 60, dead_before=later - 3600)
+    assert query(tmp_path / "prune.db", "SELECT id FROM events") == [("msg_2",)]
+    assert query(tmp_path / "prune.db", "SELECT event_id, status FROM deliveries") == [
+        ("msg_2", "dead")
+    ]
+    store.close()
