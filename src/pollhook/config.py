@@ -319,7 +319,9 @@ class _Validator:
             return default
         return float(self.convert(node, key, where, parse_duration, DURATION_HINT))
 
-    def positive_int(self, node: LineMap, key: str, where: str, default: int) -> int:
+    def positive_int(
+        self, node: LineMap, key: str, where: str, default: int, minimum: int = 1
+    ) -> int:
         if key not in node:
             return default
 
@@ -327,11 +329,12 @@ class _Validator:
             if isinstance(value, bool):
                 raise ValueError(value)
             number = float(value)
-            if not number.is_integer() or number < 1:
+            if not number.is_integer() or number < minimum:
                 raise ValueError(value)
             return int(number)
 
-        return int(self.convert(node, key, where, parse, "a whole number of at least 1"))
+        what = f"a whole number of at least {minimum}"
+        return int(self.convert(node, key, where, parse, what))
 
     def boolean(self, node: LineMap, key: str, where: str, default: bool) -> bool:
         if key not in node:

@@ -320,7 +320,7 @@ def _pagination(v: _Validator, node: LineMap, where: str) -> Pagination:
         type=kind,
         next=v.jmespath_expr(value, "next", at, "") if "next" in value else None,
         param=param,
-        start=_non_negative(v, value, "start", at, 1 if kind == "page" else 0),
+        start=v.positive_int(value, "start", at, 1 if kind == "page" else 0, minimum=0),
         size=size,
         size_param=v.text(value, "size_param", at) if "size_param" in value else None,
         max_pages=v.positive_int(value, "max_pages", at, DEFAULT_MAX_PAGES),
@@ -380,7 +380,7 @@ def _mass_delete(v: _Validator, node: LineMap, where: str) -> MassDelete:
     ratio = default.ratio
     if "ratio" in value:
         ratio = float(v.convert(value, "ratio", at, _parse_ratio, "a percentage (e.g. 10%)"))
-    return MassDelete(min=_non_negative(v, value, "min", at, default.min), ratio=ratio)
+    return MassDelete(min=v.positive_int(value, "min", at, default.min, minimum=0), ratio=ratio)
 
 
 def _parse_ratio(value: Any) -> float:
@@ -409,21 +409,6 @@ def _jitter(v: _Validator, node: LineMap, where: str) -> float:
     return float(
         v.convert(node, "jitter", where, parse, "a duration or percentage up to the interval")
     )
-
-
-def _non_negative(v: _Validator, node: LineMap, key: str, where: str, default: int) -> int:
-    if key not in node:
-        return default
-
-    def parse(value: Any) -> int:
-        if isinstance(value, bool):
-            raise ValueError(value)
-        number = float(value)
-        if not number.is_integer() or number < 0:
-            raise ValueError(value)
-        return int(number)
-
-    return int(v.convert(node, key, where, parse, "a whole number of at least 0"))
 
 
 def _kind(value: Any) -> str:
