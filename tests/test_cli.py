@@ -138,3 +138,32 @@ def test_upstream_that_breaks_http_is_a_recorded_source_failure(
     status = json.loads(pollhook("status", "--json", "-c", str(cfg)).stdout)
     assert status["sources"][0]["outcome"] == "failing"
     assert status["sources"][0]["consecutive_failures"] == 1
+
+
+def test_status_lists_each_subscriber_once_and_log_options_follow_the_command(
+    upstream, write_config
+) -> None:  # type: ignore[no-untyped-def]
+    from servers import Receiver
+
+    down = Receiver(plan=lambda i, req: (503, {}, b"down"))
+    upstream.items = [{"id": 1}]
+    cfg = write_config(
+        f"""
+        state: s.db
+        sources:
+          - name: t
+            url: {upstream.url}/t
+            interval: 1h
+        subscribers:
+          - name: hooks
+            url: {down.url}/hooks
+            retry: [1h]
+        """
+    )
+    assert pollhook("run", "--once", "-c", str(cfg), "--log-level", "warning").returncode == 0
+    upstream.items = [{"id": 1}, {"id": 2}]
+    assert pollhook("run", "--once", "-c", str(cfg)).returncode == 0
+    status = json.loads(pollhook("status", "--json", "-c", str(cfg)).stdout)
+    assert [s["name"] for s in status["subscribers"]] == ["hooks"]
+    assert status["subscribers"][0]["failing"] == 1
+    down.close()

@@ -352,6 +352,18 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _logging_options(parser: argparse.ArgumentParser, default: bool) -> None:
+    """On the top level with defaults, on each command without (so they do not override)."""
+    levels, formats = ["debug", "info", "warning", "error"], ["auto", "text", "json", "journal"]
+    parser.add_argument(
+        "--log-level", choices=levels, default="info" if default else argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--log-format", choices=formats, default="auto" if default else argparse.SUPPRESS,
+        help="auto: journal under systemd (JOURNAL_STREAM set), else text",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pollhook",
@@ -359,13 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         "deliver them as signed webhooks.",
     )
     parser.add_argument("--version", action="version", version=f"pollhook {__version__}")
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
-    parser.add_argument(
-        "--log-format", default="auto", choices=["auto", "text", "json", "journal"],
-        help="auto: journal under systemd (JOURNAL_STREAM set), else text",
-    )  # fmt: skip
+    _logging_options(parser, default=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, **kwargs: object) -> argparse.ArgumentParser:
@@ -376,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
         p.add_argument("-c", "--config", help="config file (default: ./sources.yaml)")
+        _logging_options(p, default=False)  # `pollhook run --log-level debug` works too
         p.set_defaults(func=func)
         return p
 

@@ -80,7 +80,7 @@ def subscriber_status(store: Store, config: Config | None) -> list[dict[str, Any
         ).fetchall()
     )
     names = [s.name for s in config.subscribers] if config else []
-    names += sorted(set(counts) | set(extra) - set(names))
+    names += sorted((set(counts) | set(extra)) - set(names))
     return [
         {
             "name": name,
