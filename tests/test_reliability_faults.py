@@ -305,10 +305,6 @@ def _empty_once(up: Upstream) -> Callable[[Request, BaseHTTPRequestHandler], Rep
 
 
 def _redirect_loop(req: Request, h: BaseHTTPRequestHandler) -> Reply:
-    if req.headers.get("transfer-encoding") == "chunked":  # see test_redirect_is_a_plain_get
-        while h.rfile.readline() not in (b"0\r\n", b""):
-            pass
-        h.rfile.readline()
     return 302, {"location": req.path}, b""
 
 

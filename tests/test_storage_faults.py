@@ -328,3 +328,30 @@ def test_events_no_one_waits_for_are_pruned_at_the_delivered_horizon(tmp_path: P
         ("msg_2", "dead")
     ]
     store.close()
+
+
+def test_pruning_and_lookups_do_not_grow_the_statement_cache(tmp_path: Path) -> None:
+    """`IN (?, ?, ...)` of varying length is a new prepared statement each time; SQLite's
+    statement cache keeps 128 of them, a few hundred KB each (found by the soak's memory)."""
+    from pollhook.store import NewEvent, PollWrite, Store
+
+    def rss_mb() -> float:
+        status = Path("/proc/self/status").read_text()
+        return int(next(x for x in status.splitlines() if x.startswith("VmRSS:")).split()[1]) / 1024
+
+    store = Store(tmp_path / "cache.db")
+    rounds, grown = 140, 0.0
+    for n in range(rounds):
+        count = 1000 + n  # a different number of rows, so a different IN list, each round
+        events = [NewEvent(f"m{n}_{i}", "api", "item.created", str(i), b"{}", ("hooks",))
+                  for i in range(count)]  # fmt: skip
+        upserts = [(str(i), "h", b"{}") for i in range(count)]
+        store.commit_poll(PollWrite("api", "fp", upserts, [], events, count), 1.0)
+        store.db.conn.execute("UPDATE deliveries SET status = 'delivered', updated_at = 1")
+        store.item_values("api", [str(i) for i in range(n + 1)])
+        store.prune(delivered_before=2.0, dead_before=2.0)
+        if n == 9:  # after a warm-up
+            grown = rss_mb()
+    grown = rss_mb() - grown
+    store.close()
+    assert grown < 8, f"memory grew {grown:.1f} MB over {rounds} prunes"

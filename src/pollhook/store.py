@@ -29,6 +29,12 @@ from .errors import LockedError, StateError
 
 SCHEMA_VERSION = 2
 
+# A list parameter as one JSON array, so each query's text is fixed: `IN (?, ?, ...)`
+# with a varying count is a new prepared statement each time, and the connection's
+# statement cache keeps 128 of them (a 5,000-id prune statement holds ~400 KB of
+# native memory: the soak saw the daemon grow by ~0.5 MB a minute).
+_IN_JSON = "(SELECT value FROM json_each(?))"
+
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE sources (
@@ -297,11 +303,10 @@ class Store:
         out: dict[str, Any] = {}
         keys = list(keys)
         for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+            chunk = orjson.dumps(keys[start : start + 500]).decode()
             rows = self.db.conn.execute(
-                f"SELECT key, body FROM items WHERE source = ? AND key IN ({marks})",
-                (source, *chunk),
+                f"SELECT key, body FROM items WHERE source = ? AND key IN {_IN_JSON}",
+                (source, chunk),
             )
             out.update((key, orjson.loads(body)) for key, body in rows)
         return out
@@ -548,9 +553,9 @@ class Store:
                         "SELECT id FROM deliveries WHERE status = ? AND updated_at < ? LIMIT ?",
                         (status, before, batch),
                     )]  # fmt: skip
-                    marks = ",".join("?" * len(ids))
-                    conn.execute(f"DELETE FROM attempts WHERE delivery_id IN ({marks})", ids)
-                    conn.execute(f"DELETE FROM deliveries WHERE id IN ({marks})", ids)
+                    listed = (orjson.dumps(ids).decode(),)
+                    conn.execute(f"DELETE FROM attempts WHERE delivery_id IN {_IN_JSON}", listed)
+                    conn.execute(f"DELETE FROM deliveries WHERE id IN {_IN_JSON}", listed)
                 removed += len(ids)
                 if len(ids) < batch:
                     break
