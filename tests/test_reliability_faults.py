@@ -222,8 +222,8 @@ def test_slow_huge_and_silent_receivers_end_as_documented_and_block_no_one(
     assert sorted(r[1] for r in rows) == [200] * 3 + [500] * 3
     assert all(r[4] == "E" * 4096 for r in rows), [len(r[4] or "") for r in rows]
     assert rss_growth < 40, f"peak memory grew {rss_growth:.0f} MB: 50 MB answers were buffered"
-    assert min(sent) < HUGE, "pollhook read a whole 50 MB answer it does not keep"
-    # silent: every attempt a timeout, then dead, and replayable like any dead delivery
+    assert max(sent) < HUGE // 4, f"pollhook read on past the 4 KB it keeps: {sent}"
+    # silent: every attempt a timeout, then dead
     rows = attempts(proc.db, "hole")
     assert len(rows) == 6 and all(r[1] is None for r in rows)
     assert all(r[2] == f"timed out after {HOLE_TIMEOUT:g}s" for r in rows), rows
