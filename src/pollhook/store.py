@@ -31,8 +31,8 @@ SCHEMA_VERSION = 2
 
 # A list parameter as one JSON array, so each query's text is fixed: `IN (?, ?, ...)`
 # with a varying count is a new prepared statement each time, and the connection's
-# statement cache keeps 128 of them (a 5,000-id prune statement holds ~400 KB of
-# native memory: the soak saw the daemon grow by ~0.5 MB a minute).
+# statement cache keeps 128 of them: a prune of a few thousand ids holds a few hundred
+# KB of native memory per cached statement, tens of MB once the cache is full.
 _IN_JSON = "(SELECT value FROM json_each(?))"
 
 _MIGRATIONS: dict[int, str] = {
