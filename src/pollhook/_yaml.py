@@ -155,3 +155,20 @@ def _syntax_message(exc: yaml.MarkedYAMLError) -> str:
         message = message.replace(token, words)
     where = f"line {line}: " if line else ""
     return one_line(f"{where}YAML syntax error: {message}")
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """repr() of an offending value, cut short so a message stays readable."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def kind(value: Any) -> str:
+    """What a config value is, for messages: "a mapping", "a list", "str 'x'"."""
+    if isinstance(value, LineMap):
+        return "a mapping"
+    if isinstance(value, LineList):
+        return "a list"
+    if value is None:
+        return "nothing"
+    return f"{type(value).__name__} {show(value)}"

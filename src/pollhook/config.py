@@ -26,6 +26,8 @@ import jmespath.exceptions
 import jmespath.functions
 
 from ._yaml import LineList, LineMap, load_yaml, one_line
+from ._yaml import kind as _kind
+from ._yaml import show as _show
 from .config_formats import FORMAT_KEYS, format_options
 from .errors import ConfigError
 from .options import (
@@ -676,19 +678,3 @@ def _function_problem(node: Any) -> str | None:
         if problem:
             return problem
     return None
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    """repr() of an offending value, cut short so a message stays readable."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, LineMap):
-        return "a mapping"
-    if isinstance(value, LineList):
-        return "a list"
-    if value is None:
-        return "nothing"
-    return f"{type(value).__name__} {_show(value)}"

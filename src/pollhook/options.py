@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ._yaml import LineList, LineMap
+from ._yaml import kind as _kind
 from .config_formats import format_options
 
 if TYPE_CHECKING:
@@ -409,13 +410,3 @@ def _jitter(v: _Validator, node: LineMap, where: str) -> float:
     return float(
         v.convert(node, "jitter", where, parse, "a duration or percentage up to the interval")
     )
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, LineMap):
-        return "a mapping"
-    if isinstance(value, LineList):
-        return "a list"
-    if value is None:
-        return "nothing"
-    return f"{type(value).__name__} {value!r}"
