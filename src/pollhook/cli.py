@@ -21,7 +21,7 @@ from . import __version__
 from .config import Config, default_state_path, load_config, parse_duration
 from .errors import ConfigError, PollhookError, UsageError
 from .logs import setup_logging
-from .output import print_json, print_table, when
+from .output import print_json, print_rows, print_table, when
 
 log = logging.getLogger("pollhook")
 DEFAULT_CONFIG = "sources.yaml"
@@ -116,30 +116,26 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     try:
         if args.attempts is not None:
             rows = store.attempts_of(args.attempts)
-            if args.json:
-                print_json(rows)
-            else:
-                print_table(
-                    rows, [("at", "at", when), ("status", "status_code", None),
-                           ("ms", "duration_ms", lambda v: f"{v:.0f}"), ("error", "error", None),
-                           ("response", "response_body", lambda v: (v or "")[:60])],
-                )  # fmt: skip
+            print_rows(
+                rows, [("at", "at", when), ("status", "status_code", None),
+                       ("ms", "duration_ms", lambda v: f"{v:.0f}"), ("error", "error", None),
+                       ("response", "response_body", lambda v: (v or "")[:60])],
+                args.json,
+            )  # fmt: skip
             return 0
         rows = store.list_deliveries(
             status=args.status, subscriber=args.subscriber, event_id=args.event, limit=args.limit
         )
     finally:
         store.close()
-    if args.json:
-        print_json(rows)
-        return 0
-    print_table(
+    print_rows(
         rows,
         [("id", "id", None), ("event", "event_id", None), ("type", "type", None),
          ("source", "source", None), ("key", "key", None), ("subscriber", "subscriber", None),
          ("status", "status", None), ("tries", "attempts", None),
          ("next", "next_attempt_at", when), ("last", "last_status", None),
          ("error", "last_error", lambda v: (v or "")[:50])],
+        args.json,
     )  # fmt: skip
     return 0
 
@@ -249,14 +245,12 @@ def cmd_events(args: argparse.Namespace) -> int:
         rows = recent_events(store, source=args.source, event_type=args.type, limit=args.limit)
     finally:
         store.close()
-    if args.json:
-        print_json(rows)
-        return 0
-    print_table(
+    print_rows(
         rows,
         [("event", "id", None), ("type", "type", None), ("source", "source", None),
          ("key", "key", None), ("detected", "created_at", when),
          ("delivered", "delivered", None), ("of", "deliveries", None)],
+        args.json,
     )  # fmt: skip
     return 0
 

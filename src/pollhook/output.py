@@ -40,3 +40,11 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> No
 
 def print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+
+
+def print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[Column], as_json: bool) -> None:
+    """`--json` for scripts, an aligned table for people: every listing command's choice."""
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, columns)
