@@ -38,6 +38,7 @@ log = logging.getLogger("pollhook.daemon")
 STOP_GRACE = 5.0
 STATUS_EVERY = 10.0
 PRUNE_EVERY = 3600.0
+FLUSH_EVERY = 5.0  # unchanged polls' last-poll times are written in batches this often
 STUCK_AFTER = 30.0  # the delivery loop turns every second; this long without a turn is stuck
 
 
@@ -118,6 +119,7 @@ class Daemon:
         if self.poll_tasks:
             await asyncio.wait(self.poll_tasks, timeout=STOP_GRACE)
         await self.worker.close(grace=STOP_GRACE)
+        await self._flush()
         await self.poller.aclose()  # the clients of sources with their own TLS settings
         if self._own_client:
             await self.client.aclose()
@@ -146,13 +148,16 @@ class Daemon:
             host, port = self.metrics_listen
             self.metrics = MetricsServer(host, port, self._outbox, self._alive)
             await self.metrics.start()
-        watch = asyncio.create_task(self._watch())
-        prune = asyncio.create_task(self._prune_forever())
+        background = [
+            asyncio.create_task(self._watch()),
+            asyncio.create_task(self._prune_forever()),
+            asyncio.create_task(self._flush_forever()),
+        ]
         try:
             await self.worker.run(self.stopping)
         finally:
-            watch.cancel()
-            prune.cancel()
+            for task in background:
+                task.cancel()
             if self.metrics:
                 await self.metrics.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -162,6 +167,7 @@ class Daemon:
         """Poll every source now, then make the first attempt of every due delivery."""
         self.state = "running"
         results = await asyncio.gather(*(self._poll(s.name) for s in self.config.sources))
+        await self._flush()
         await self.worker.drain_due()
         return list(results)
 
@@ -207,6 +213,18 @@ class Daemon:
                 continue
             if removed:
                 log.info("retention: pruned %d finished deliveries", removed)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Batched last-poll times; only informational, so a failure is logged, not fatal."""
+        try:
+            await self.poller.flush()
+        except sqlite3.Error as exc:
+            log.warning("could not record the last unchanged polls (state file: %s)", exc)
 
     async def _outbox(self) -> dict[str, Any]:
         snapshot: dict[str, Any] = await self.db(outbox_snapshot)

@@ -8,10 +8,11 @@ failing and once when it recovers, never once per failure.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -61,6 +62,15 @@ class Poller:
         self.config = config
         self.limits = HostLimits(config.http.max_per_host, config.http.min_delay)
         self.on_events = on_events
+        # The daemon is the only writer of source state, so it is read from SQLite once
+        # per source and then kept current here: a poll costs no read round trip.
+        self._states: dict[str, SourceState | None] = {}
+        # The digest of the last body each source committed (with the settings that read
+        # it): the same bytes again cannot change anything, so they are not parsed again.
+        self._bodies: dict[str, tuple[str, bytes]] = {}
+        # Unchanged polls of healthy sources, written in one batch by `flush` (their
+        # only effect is the last-poll time that `pollhook status` shows).
+        self._touched: dict[str, float] = {}
 
     def reconfigure(self, config: Config) -> None:
         old = self.config.http
@@ -73,26 +83,30 @@ class Poller:
 
     async def poll(self, source: Source) -> PollResult:
         """Poll once; never raises for upstream problems (they become a failed result)."""
-        state: SourceState | None = await self.db(Store.source_state, source.name)
-        settled = state is not None and state.fingerprint == source.fingerprint
+        state = await self._state(source.name)
+        settled = state if state is not None and state.fingerprint == source.fingerprint else None
         started = time.monotonic()
         try:
-            fetched, items = await _fetch_items(
-                self.clients, source, self.config.http, self.limits, state if settled else None
-            )
-            if fetched.body is None:
-                await self.db(Store.record_unchanged, source.name, time.time())
-                log.debug("source=%s not modified", source.name)
+            got = await _fetch_items(
+                self.clients, source, self.config.http, self.limits, settled,
+                seen=self._seen_before(source, settled),
+            )  # fmt: skip
+            if got.unchanged:
+                await self._unchanged(source.name, state)
                 events: list[str] = []
             else:
-                events = await self.db(
-                    _commit, source, state, items, fetched, self.config.subscribers, time.time()
-                )
-                metrics.ITEMS.labels(source.name).set(len(items))
+                write: PollWrite = await self.db(
+                    _commit, source, state, got.items, got.fetched, self.config.subscribers,
+                    time.time(),
+                )  # fmt: skip
+                self._committed(source, state, write, got.digest)
+                events = [e.type for e in write.events]
+                metrics.ITEMS.labels(source.name).set(len(got.items))
         except SourceError as exc:
             metrics.POLLS.labels(source.name, "error").inc()
             return await self._failed(source, state, exc)
-        metrics.POLLS.labels(source.name, "not_modified" if fetched.body is None else "ok").inc()
+        outcome = "not_modified" if got.fetched.body is None else "ok"
+        metrics.POLLS.labels(source.name, outcome).inc()
         metrics.POLL_SECONDS.labels(source.name).observe(time.monotonic() - started)
         for event_type in events:
             metrics.EVENTS.labels(source.name, event_type).inc()
@@ -110,11 +124,65 @@ class Poller:
             self.on_events()
         return PollResult(source.name, ok=True, events=count)
 
+    async def flush(self) -> None:
+        """Write the batched unchanged polls (every few seconds, and before stopping)."""
+        if self._touched:
+            polled, self._touched = list(self._touched.items()), {}
+            await self.db(Store.touch_sources, polled)
+
+    async def _state(self, name: str) -> SourceState | None:
+        if name not in self._states:
+            self._states[name] = await self.db(Store.source_state, name)
+        return self._states[name]
+
+    def _seen_before(self, source: Source, settled: SourceState | None) -> bytes | None:
+        """The digest a body must match to be skipped, when skipping is sound.
+
+        Not while a held deletion waits for the next poll to confirm it, and
+        never for a source being re-baselined (`settled` is None).
+        """
+        if settled is None or settled.held_deletes:
+            return None
+        seen = self._bodies.get(source.name)
+        return seen[1] if seen and seen[0] == source.fingerprint else None
+
+    async def _unchanged(self, name: str, state: SourceState | None) -> None:
+        now = time.time()
+        if state is not None and state.consecutive_failures == 0:
+            self._touched[name] = now
+        else:
+            await self.db(Store.record_unchanged, name, now)
+            if state is not None:
+                self._states[name] = replace(state, consecutive_failures=0)
+        log.debug("source=%s not modified", name)
+
+    def _committed(
+        self, source: Source, state: SourceState | None, write: PollWrite, digest: bytes | None
+    ) -> None:
+        """Mirror what `Store.commit_poll` just wrote, without reading it back."""
+        self._touched.pop(source.name, None)
+        self._states[source.name] = SourceState(
+            name=source.name, fingerprint=write.fingerprint, etag=write.etag,
+            last_modified=write.last_modified, consecutive_failures=0,
+            items_count=write.items_count, held_deletes=write.held_deletes,
+            health=state.health if state is not None else "ok", cursor=write.cursor,
+        )  # fmt: skip
+        if digest is None:
+            self._bodies.pop(source.name, None)
+        else:
+            self._bodies[source.name] = (write.fingerprint, digest)
+
     async def _failed(
         self, source: Source, state: SourceState | None, exc: SourceError
     ) -> PollResult:
         error = str(exc)
         failures: int = await self.db(Store.record_failure, source.name, error, time.time())
+        self._touched.pop(source.name, None)
+        self._states[source.name] = (
+            replace(state, consecutive_failures=failures)
+            if state is not None
+            else SourceState(source.name, None, None, None, failures, 0, None, "ok")
+        )
         log.warning("source=%s poll failed (%d in a row): %s", source.name, failures, error)
         healthy = state is None or state.health != "failing"
         if failures >= source.failing_after and healthy:
@@ -134,6 +202,9 @@ class Poller:
         await self.db(
             Store.set_health, source.name, health, [event] if event.subscribers else [], now
         )
+        state = self._states.get(source.name)
+        if state is not None:
+            self._states[source.name] = replace(state, health=health)
         if event.subscribers:
             self.on_events()
 
@@ -143,30 +214,42 @@ async def dry_run(
 ) -> PollWrite:
     """Fetch and diff like a real poll (unconditionally), but write nothing."""
     state: SourceState | None = await db(Store.source_state, source.name)
-    settled = state is not None and state.fingerprint == source.fingerprint
+    settled = state if state is not None and state.fingerprint == source.fingerprint else None
     clients = Clients(client)
     try:
-        fetched, items = await _fetch_items(
-            clients, source, config.http, HostLimits(config.http.max_per_host),
-            state if settled else None, conditional=False,
+        got = await _fetch_items(
+            clients, source, config.http, HostLimits(config.http.max_per_host), settled,
+            conditional=False,
         )  # fmt: skip
     finally:
         await clients.aclose()
     write: PollWrite = await db(
-        plan, source, state, items, fetched, config.subscribers, time.time()
+        plan, source, state, got.items, got.fetched, config.subscribers, time.time()
     )
     return write
 
 
+@dataclass(frozen=True)
+class Fetch:
+    """One poll's response and items; `unchanged` when nothing needs diffing."""
+
+    fetched: Fetched
+    items: dict[str, Item]
+    digest: bytes | None = None  # of a single-response body, to recognise it next time
+    unchanged: bool = False
+
+
 async def _fetch_items(
     clients: Clients, source: Source, http: HttpSettings, limits: HostLimits,
-    state: SourceState | None, conditional: bool = True,
-) -> tuple[Fetched, dict[str, Item]]:  # fmt: skip
+    state: SourceState | None, conditional: bool = True, seen: bytes | None = None,
+) -> Fetch:  # fmt: skip
     """Every page of one poll and its items, or a SourceError; no items after a 304.
 
     `state` is the settled state (None re-baselines): its ETag and Last-Modified
     make the request conditional (not for paginated sources: page 1 unchanged
-    says nothing of page 2) and its cursor is sent in incremental mode.
+    says nothing of page 2) and its cursor is sent in incremental mode. A body
+    whose digest is `seen`, with the same validators, is not parsed again: the
+    same bytes read with the same settings give the same items.
     """
     client = clients.get(source)
     params = query(
@@ -182,14 +265,31 @@ async def _fetch_items(
         last_modified=state.last_modified if conditional and state else None,
     )  # fmt: skip
     if fetched.body is None:
-        return fetched, {}
+        return Fetch(fetched, {}, unchanged=True)
+    digest = None
+    if source.pagination is None and source.incremental is None:
+        digest = await _digest(fetched)
+        validators = (fetched.etag, fetched.last_modified)
+        if seen == digest and state and validators == (state.etag, state.last_modified):
+            return Fetch(fetched, {}, digest, unchanged=True)
     items = await _extract(source, fetched.body, fetched.content_type)
     if source.pagination is not None:
         items = await paginate.more_pages(
             client, source, http, limits, fetched, items, params,
             lambda page: _extract(source, page.body or b"", page.content_type),
         )  # fmt: skip
-    return fetched, items
+    return Fetch(fetched, items, digest)
+
+
+async def _digest(fetched: Fetched) -> bytes:
+    """The body and the type it was parsed as: both decide what the items are."""
+    body = fetched.body or b""
+    hasher = hashlib.blake2b(fetched.content_type.encode(), digest_size=16)
+    if len(body) > INLINE_PARSE_LIMIT:  # hashlib lets go of the GIL for large inputs
+        await asyncio.to_thread(hasher.update, body)
+    else:
+        hasher.update(body)
+    return hasher.digest()
 
 
 async def _extract(source: Source, body: bytes, content_type: str) -> dict[str, Item]:
@@ -206,11 +306,11 @@ async def _extract(source: Source, body: bytes, content_type: str) -> dict[str, 
 def _commit(
     store: Store, source: Source, state: SourceState | None, items: Mapping[str, Item],
     fetched: Fetched, subscribers: Sequence[Subscriber], now: float,
-) -> list[str]:  # fmt: skip
+) -> PollWrite:  # fmt: skip
     """Diff against the stored state and write everything in one transaction (DB thread)."""
     write = plan(store, source, state, items, fetched, subscribers, now)
     store.commit_poll(write, now)
-    return [e.type for e in write.events]
+    return write
 
 
 def plan(

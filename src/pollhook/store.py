@@ -183,6 +183,9 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock_fd: int | None = None
+        # each source's stored item hashes, once read: this process is the only writer of
+        # items (commit_poll keeps it current), so a 100k-item source is not re-read per poll
+        self._hashes: dict[str, dict[str, str]] = {}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():
@@ -296,8 +299,12 @@ class Store:
         return SourceState(*row) if row else None
 
     def item_hashes(self, source: str) -> dict[str, str]:
-        rows = self.db.conn.execute("SELECT key, hash FROM items WHERE source = ?", (source,))
-        return dict(rows.fetchall())
+        """key → hash of the stored items; the caller must not modify the returned dict."""
+        hashes = self._hashes.get(source)
+        if hashes is None:
+            rows = self.db.conn.execute("SELECT key, hash FROM items WHERE source = ?", (source,))
+            hashes = self._hashes[source] = dict(rows.fetchall())
+        return hashes
 
     def item_values(self, source: str, keys: Iterable[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -336,6 +343,11 @@ class Store:
                 (write.source, write.fingerprint, write.etag, write.last_modified, now, now,
                  write.items_count, write.held_deletes, write.cursor),
             )  # fmt: skip
+        hashes = self._hashes.get(write.source)  # only once the transaction is committed
+        if hashes is not None:
+            hashes.update((key, digest) for key, digest, _ in write.upserts)
+            for key in write.deletes:
+                hashes.pop(key, None)
 
     def _insert_events(
         self, conn: sqlite3.Connection, events: Sequence[NewEvent], now: float
@@ -357,6 +369,19 @@ class Store:
                 "UPDATE sources SET last_poll_at = ?, last_success_at = ?, consecutive_failures = 0"
                 " WHERE name = ?",
                 (now, now, source),
+            )
+
+    def touch_sources(self, polled: Sequence[tuple[str, float]]) -> None:
+        """Record many unchanged polls at once (the poller batches its 304s).
+
+        Only ever moves the times forward: a batch written after a later poll's
+        own commit must not turn its clock back.
+        """
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE sources SET last_poll_at = max(coalesce(last_poll_at, 0), ?1),"
+                " last_success_at = max(coalesce(last_success_at, 0), ?1) WHERE name = ?2",
+                ((at, name) for name, at in polled),
             )
 
     def record_failure(self, source: str, error: str, now: float) -> int:

@@ -1,0 +1,191 @@
+"""What the daemon keeps in memory between polls, checked against the real state file.
+
+The poller keeps each source's state, the digest of its last body and a batch
+of unchanged polls; the store keeps each source's item hashes. These tests run
+a real `Daemon` in-process (so the caches live across polls) against a real
+upstream and SQLite file, and check every cached fact against the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pollhook import poll
+from pollhook.config import load_config
+from pollhook.daemon import Daemon
+from pollhook.store import PollWrite, Store
+
+from conftest import query
+from servers import Upstream
+
+Rounds = Callable[[Callable[[Daemon], Awaitable[None]]], None]
+
+
+@pytest.fixture
+def rounds(tmp_path: Path, upstream: Upstream, write_config: Any) -> Rounds:
+    """Run `steps(daemon)` against one in-process daemon over two sources on `upstream`."""
+    config = write_config(f"""
+        sources:
+          - name: one
+            url: {upstream.url}/one
+            interval: 1h
+          - name: two
+            url: {upstream.url}/two
+            interval: 1h
+    """)
+
+    def run(steps: Callable[[Daemon], Awaitable[None]]) -> None:
+        async def main() -> None:
+            async with Daemon(load_config(config), tmp_path / "state.db") as daemon:
+                await steps(daemon)
+
+        asyncio.run(main())
+
+    return run
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[Any]:
+    calls: list[Any] = []
+    original = getattr(owner, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+def test_the_same_body_is_not_parsed_again_but_a_change_is(
+    rounds: Rounds, upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream.items = [{"id": 1, "v": "a"}]
+    extracted = _count_calls(monkeypatch, poll, "read_items")
+    db = tmp_path / "state.db"
+
+    async def steps(daemon: Daemon) -> None:
+        await daemon.run_once()  # baseline: both sources parsed
+        assert len(extracted) == 2
+        await daemon.run_once()  # the same bytes: nothing parsed, nothing written but times
+        assert len(extracted) == 2
+        upstream.items = [{"id": 1, "v": "b"}]
+        await daemon.run_once()
+        assert len(extracted) == 4
+
+    rounds(steps)
+    assert query(db, "SELECT source, type FROM events ORDER BY source") == [
+        ("one", "item.updated"),
+        ("two", "item.updated"),
+    ]
+    assert len(upstream.requests) == 6  # every poll still went to the upstream
+
+
+def test_the_same_body_with_a_new_etag_is_read_and_the_etag_stored(
+    rounds: Rounds, upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new validator must be stored, so the same bytes with it are not skipped."""
+    upstream.items = [{"id": 1}]
+    extracted = _count_calls(monkeypatch, poll, "read_items")
+    body = b'[{"id": 1}]'
+    replies = iter(
+        [
+            (200, {"content-type": "application/json"}, body),
+            (200, {"content-type": "application/json", "etag": '"v1"'}, body),
+            (304, {}, b""),
+        ]
+    )
+    db = tmp_path / "state.db"
+
+    async def steps(daemon: Daemon) -> None:
+        await daemon.run_once()
+        upstream.fault = lambda req, handler: next(replies)
+        for _ in range(3):
+            await daemon.poller.poll(daemon.config.sources[0])
+
+    rounds(steps)
+    # baseline (2) + the same body (skipped) + the same body with a new ETag (parsed, stored)
+    assert len(extracted) == 3
+    assert query(db, "SELECT etag FROM sources WHERE name = 'one'") == [('"v1"',)]
+    assert upstream.requests[-1].headers.get("if-none-match") == '"v1"'
+    assert query(db, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_state_is_read_once_per_source_and_kept_current(
+    rounds: Rounds, upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream.items = [{"id": 1}]
+    reads = _count_calls(monkeypatch, Store, "source_state")
+    db = tmp_path / "state.db"
+    seen: dict[str, Any] = {}
+
+    async def steps(daemon: Daemon) -> None:
+        await daemon.run_once()
+        upstream.fault = lambda req, handler: (500, {}, b"down")
+        await daemon.run_once()
+        await daemon.run_once()
+        seen["failing"] = dict(daemon.poller._states)
+        upstream.fault = None
+        upstream.items = [{"id": 1}, {"id": 2}]
+        await daemon.run_once()
+        seen["after"] = dict(daemon.poller._states)
+
+    rounds(steps)
+    assert len(reads) == 2  # one per source, in four rounds
+    assert {s.consecutive_failures for s in seen["failing"].values()} == {2}
+    fresh = Store(db)
+    try:
+        for name, cached in seen["after"].items():
+            assert cached == fresh.source_state(name)
+    finally:
+        fresh.close()
+    assert query(db, "SELECT items_count, consecutive_failures FROM sources") == [(2, 0)] * 2
+
+
+def test_unchanged_polls_are_written_in_a_batch_that_never_turns_back_the_clock(
+    rounds: Rounds, upstream: Upstream, tmp_path: Path
+) -> None:
+    upstream.items = [{"id": 1}]
+    db = tmp_path / "state.db"
+    times: list[list[tuple[Any, ...]]] = []
+
+    async def steps(daemon: Daemon) -> None:
+        await daemon.run_once()
+        times.append(query(db, "SELECT last_poll_at, last_success_at FROM sources"))
+        await daemon.run_once()  # same body: recorded by the batch run_once flushes
+        times.append(query(db, "SELECT last_poll_at, last_success_at FROM sources"))
+        await daemon.db(Store.touch_sources, [("one", 1.0), ("two", 1.0)])
+        times.append(query(db, "SELECT last_poll_at, last_success_at FROM sources"))
+
+    rounds(steps)
+    first, second, after_old_batch = times
+    assert all(new[0] > old[0] and new[1] > old[1] for old, new in zip(first, second, strict=True))
+    assert after_old_batch == second
+
+
+def test_cached_item_hashes_follow_commits_and_ignore_failed_ones(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    store = Store(db)
+
+    def write(upserts: list[tuple[str, str, bytes]], deletes: list[str]) -> PollWrite:
+        return PollWrite("s", "fp", upserts, deletes, [], items_count=0)
+
+    try:
+        assert store.item_hashes("s") == {}  # cached from here on
+        store.commit_poll(write([("a", "h1", b"1"), ("b", "h2", b"2")], []), 1.0)
+        store.commit_poll(write([("a", "h3", b"3")], ["b"]), 2.0)
+        store.db.conn.execute("CREATE TRIGGER no BEFORE INSERT ON items BEGIN SELECT RAISE(ABORT, 'no'); END")
+        with pytest.raises(Exception, match="no"):
+            store.commit_poll(write([("c", "h4", b"4")], ["a"]), 3.0)
+        cached = dict(store.item_hashes("s"))
+    finally:
+        store.close()
+    fresh = Store(db)
+    try:
+        assert cached == fresh.item_hashes("s") == {"a": "h3"}
+    finally:
+        fresh.close()
