@@ -63,11 +63,9 @@ class Poller:
         self.limits = HostLimits(config.http.max_per_host, config.http.min_delay)
         self.on_events = on_events
         # The daemon is the only writer of source state, so it is read from SQLite once
-        # per source and then kept current here: a poll costs no read round trip.
-        self._states: dict[str, SourceState | None] = {}
-        # The digest of the last body each source committed (with the settings that read
-        # it): the same bytes again cannot change anything, so they are not parsed again.
-        self._bodies: dict[str, tuple[str, bytes]] = {}
+        # (all sources in one query) and then kept current here: a poll reads nothing.
+        self._states: dict[str, SourceState] | None = None
+        self._loading = asyncio.Lock()  # the first polls all wait for that one read
         # Unchanged polls of healthy sources, written in one batch by `flush` (their
         # only effect is the last-poll time that `pollhook status` shows).
         self._touched: dict[str, float] = {}
@@ -89,7 +87,7 @@ class Poller:
         try:
             got = await _fetch_items(
                 self.clients, source, self.config.http, self.limits, settled,
-                seen=self._seen_before(source, settled),
+                seen=settled.body_digest if settled and not settled.held_deletes else None,
             )  # fmt: skip
             if got.unchanged:
                 await self._unchanged(source.name, state)
@@ -97,9 +95,9 @@ class Poller:
             else:
                 write: PollWrite = await self.db(
                     _commit, source, state, got.items, got.fetched, self.config.subscribers,
-                    time.time(),
+                    time.time(), got.digest,
                 )  # fmt: skip
-                self._committed(source, state, write, got.digest)
+                self._committed(source, state, write)
                 events = [e.type for e in write.events]
                 metrics.ITEMS.labels(source.name).set(len(got.items))
         except SourceError as exc:
@@ -131,20 +129,15 @@ class Poller:
             await self.db(Store.touch_sources, polled)
 
     async def _state(self, name: str) -> SourceState | None:
-        if name not in self._states:
-            self._states[name] = await self.db(Store.source_state, name)
-        return self._states[name]
+        if self._states is None:
+            async with self._loading:
+                if self._states is None:
+                    self._states = await self.db(Store.source_states)
+        return self._states.get(name)
 
-    def _seen_before(self, source: Source, settled: SourceState | None) -> bytes | None:
-        """The digest a body must match to be skipped, when skipping is sound.
-
-        Not while a held deletion waits for the next poll to confirm it, and
-        never for a source being re-baselined (`settled` is None).
-        """
-        if settled is None or settled.held_deletes:
-            return None
-        seen = self._bodies.get(source.name)
-        return seen[1] if seen and seen[0] == source.fingerprint else None
+    def _set_state(self, state: SourceState) -> None:
+        if self._states is not None:
+            self._states[state.name] = state
 
     async def _unchanged(self, name: str, state: SourceState | None) -> None:
         now = time.time()
@@ -153,24 +146,20 @@ class Poller:
         else:
             await self.db(Store.record_unchanged, name, now)
             if state is not None:
-                self._states[name] = replace(state, consecutive_failures=0)
+                self._set_state(replace(state, consecutive_failures=0))
         log.debug("source=%s not modified", name)
 
-    def _committed(
-        self, source: Source, state: SourceState | None, write: PollWrite, digest: bytes | None
-    ) -> None:
+    def _committed(self, source: Source, state: SourceState | None, write: PollWrite) -> None:
         """Mirror what `Store.commit_poll` just wrote, without reading it back."""
         self._touched.pop(source.name, None)
-        self._states[source.name] = SourceState(
+        new = SourceState(
             name=source.name, fingerprint=write.fingerprint, etag=write.etag,
             last_modified=write.last_modified, consecutive_failures=0,
             items_count=write.items_count, held_deletes=write.held_deletes,
             health=state.health if state is not None else "ok", cursor=write.cursor,
+            body_digest=write.body_digest,
         )  # fmt: skip
-        if digest is None:
-            self._bodies.pop(source.name, None)
-        else:
-            self._bodies[source.name] = (write.fingerprint, digest)
+        self._set_state(new)
 
     async def _failed(
         self, source: Source, state: SourceState | None, exc: SourceError
@@ -178,7 +167,7 @@ class Poller:
         error = str(exc)
         failures: int = await self.db(Store.record_failure, source.name, error, time.time())
         self._touched.pop(source.name, None)
-        self._states[source.name] = (
+        self._set_state(
             replace(state, consecutive_failures=failures)
             if state is not None
             else SourceState(source.name, None, None, None, failures, 0, None, "ok")
@@ -202,9 +191,9 @@ class Poller:
         await self.db(
             Store.set_health, source.name, health, [event] if event.subscribers else [], now
         )
-        state = self._states.get(source.name)
+        state = await self._state(source.name)
         if state is not None:
-            self._states[source.name] = replace(state, health=health)
+            self._set_state(replace(state, health=health))
         if event.subscribers:
             self.on_events()
 
@@ -305,10 +294,12 @@ async def _extract(source: Source, body: bytes, content_type: str) -> dict[str, 
 
 def _commit(
     store: Store, source: Source, state: SourceState | None, items: Mapping[str, Item],
-    fetched: Fetched, subscribers: Sequence[Subscriber], now: float,
+    fetched: Fetched, subscribers: Sequence[Subscriber], now: float, digest: bytes | None,
 ) -> PollWrite:  # fmt: skip
     """Diff against the stored state and write everything in one transaction (DB thread)."""
-    write = plan(store, source, state, items, fetched, subscribers, now)
+    write = replace(
+        plan(store, source, state, items, fetched, subscribers, now), body_digest=digest
+    )
     store.commit_poll(write, now)
     return write
 

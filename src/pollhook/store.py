@@ -27,7 +27,7 @@ import sqlite_utils
 
 from .errors import LockedError, StateError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # A list parameter as one JSON array, so each query's text is fixed: `IN (?, ?, ...)`
 # with a varying count is a new prepared statement each time, and the connection's
@@ -101,6 +101,8 @@ _MIGRATIONS: dict[int, str] = {
     """,
     # incremental mode: the cursor of the last complete poll, as JSON, written with its state
     2: "ALTER TABLE sources ADD COLUMN cursor TEXT",
+    # the digest of the body the stored items came from: the same bytes are not parsed again
+    3: "ALTER TABLE sources ADD COLUMN body_digest BLOB",
 }
 
 
@@ -117,6 +119,7 @@ class SourceState:
     held_deletes: str | None
     health: str
     cursor: str | None = None  # incremental mode's cursor, JSON
+    body_digest: bytes | None = None  # of the body (and its type) the items were read from
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,7 @@ class PollWrite:
     last_modified: str | None = None
     held_deletes: str | None = None
     cursor: str | None = None
+    body_digest: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,12 @@ class Outcome:
     subscriber: str
     event_id: str
     detected_at: float = 0.0  # when the event was detected: delivery latency for metrics
+
+
+_STATE_SELECT = (
+    "SELECT name, fingerprint, etag, last_modified, consecutive_failures, items_count,"
+    " held_deletes, health, cursor, body_digest FROM sources"
+)
 
 
 class Store:
@@ -291,12 +301,12 @@ class Store:
     # -- sources and items ---------------------------------------------------
 
     def source_state(self, name: str) -> SourceState | None:
-        row = self.db.conn.execute(
-            "SELECT name, fingerprint, etag, last_modified, consecutive_failures, items_count,"
-            " held_deletes, health, cursor FROM sources WHERE name = ?",
-            (name,),
-        ).fetchone()
+        row = self.db.conn.execute(f"{_STATE_SELECT} WHERE name = ?", (name,)).fetchone()
         return SourceState(*row) if row else None
+
+    def source_states(self) -> dict[str, SourceState]:
+        """Every source's state in one read (the poller's start)."""
+        return {row[0]: SourceState(*row) for row in self.db.conn.execute(_STATE_SELECT)}
 
     def item_hashes(self, source: str) -> dict[str, str]:
         """key → hash of the stored items; the caller must not modify the returned dict."""
@@ -333,15 +343,16 @@ class Store:
             self._insert_events(conn, write.events, now)
             conn.execute(
                 "INSERT INTO sources (name, fingerprint, etag, last_modified, last_poll_at,"
-                " last_success_at, consecutive_failures, items_count, held_deletes, cursor)"
-                " VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)"
+                " last_success_at, consecutive_failures, items_count, held_deletes, cursor,"
+                " body_digest) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET fingerprint = excluded.fingerprint,"
                 " etag = excluded.etag, last_modified = excluded.last_modified,"
                 " last_poll_at = excluded.last_poll_at, last_success_at = excluded.last_success_at,"
                 " consecutive_failures = 0, items_count = excluded.items_count,"
-                " held_deletes = excluded.held_deletes, cursor = excluded.cursor",
+                " held_deletes = excluded.held_deletes, cursor = excluded.cursor,"
+                " body_digest = excluded.body_digest",
                 (write.source, write.fingerprint, write.etag, write.last_modified, now, now,
-                 write.items_count, write.held_deletes, write.cursor),
+                 write.items_count, write.held_deletes, write.cursor, write.body_digest),
             )  # fmt: skip
         hashes = self._hashes.get(write.source)  # only once the transaction is committed
         if hashes is not None:
