@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from pollhook import poll
+from pollhook import store as store_module
 from pollhook.config import load_config
 from pollhook.daemon import Daemon
-from pollhook.store import _MIGRATIONS, SCHEMA_VERSION, PollWrite, Store
+from pollhook.store import _MIGRATIONS, HASH_CACHE_MIN, SCHEMA_VERSION, PollWrite, Store
 
 from conftest import query
 from servers import Upstream
@@ -191,7 +192,10 @@ def test_unchanged_polls_are_written_in_a_batch_that_never_turns_back_the_clock(
     assert after_old_batch == second
 
 
-def test_cached_item_hashes_follow_commits_and_ignore_failed_ones(tmp_path: Path) -> None:
+def test_cached_item_hashes_follow_commits_and_ignore_failed_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "HASH_CACHE_MIN", 0)  # cache this 2-item source too
     db = tmp_path / "state.db"
     store = Store(db)
 
@@ -206,6 +210,7 @@ def test_cached_item_hashes_follow_commits_and_ignore_failed_ones(tmp_path: Path
         with pytest.raises(Exception, match="no"):
             store.commit_poll(write([("c", "h4", b"4")], ["a"]), 3.0)
         cached = dict(store.item_hashes("s"))
+        assert store._hashes["s"] == cached  # the cache was in use throughout
     finally:
         store.close()
     fresh = Store(db)
@@ -213,3 +218,16 @@ def test_cached_item_hashes_follow_commits_and_ignore_failed_ones(tmp_path: Path
         assert cached == fresh.item_hashes("s") == {"a": "h3"}
     finally:
         fresh.close()
+
+
+def test_only_large_sources_keep_their_hashes_after_a_commit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    try:
+        for name, size in (("small", HASH_CACHE_MIN - 1), ("large", HASH_CACHE_MIN)):
+            store.item_hashes(name)
+            upserts = [(str(i), "h", b"1") for i in range(size)]
+            store.commit_poll(PollWrite(name, "fp", upserts, [], [], items_count=size), 1.0)
+        assert set(store._hashes) == {"large"}
+        assert len(store._hashes["large"]) == HASH_CACHE_MIN
+    finally:
+        store.close()

@@ -28,6 +28,7 @@ import sqlite_utils
 from .errors import LockedError, StateError
 
 SCHEMA_VERSION = 3
+HASH_CACHE_MIN = 1000  # items: sources this large keep their hashes in memory
 
 # A list parameter as one JSON array, so each query's text is fixed: `IN (?, ?, ...)`
 # with a varying count is a new prepared statement each time, and the connection's
@@ -193,8 +194,10 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock_fd: int | None = None
-        # each source's stored item hashes, once read: this process is the only writer of
-        # items (commit_poll keeps it current), so a 100k-item source is not re-read per poll
+        # the stored item hashes of large sources, once read: this process is the only writer
+        # of items (commit_poll keeps them current), so a 100k-item source is not re-read
+        # per poll; small ones are cheaper to read again than to keep (~150 bytes an item),
+        # so commit_poll drops them
         self._hashes: dict[str, dict[str, str]] = {}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -313,7 +316,7 @@ class Store:
         hashes = self._hashes.get(source)
         if hashes is None:
             rows = self.db.conn.execute("SELECT key, hash FROM items WHERE source = ?", (source,))
-            hashes = self._hashes[source] = dict(rows.fetchall())
+            hashes = self._hashes[source] = dict(rows.fetchall())  # until the commit that follows
         return hashes
 
     def item_values(self, source: str, keys: Iterable[str]) -> dict[str, Any]:
@@ -359,6 +362,8 @@ class Store:
             hashes.update((key, digest) for key, digest, _ in write.upserts)
             for key in write.deletes:
                 hashes.pop(key, None)
+            if len(hashes) < HASH_CACHE_MIN:
+                del self._hashes[write.source]
 
     def _insert_events(
         self, conn: sqlite3.Connection, events: Sequence[NewEvent], now: float
