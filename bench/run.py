@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import os
 import platform
@@ -170,6 +171,10 @@ def main() -> int:
     src = Path(args.src).resolve() if args.src else None
     if args.head:
         src = export_head(tmp)
+    # A pip-installed pollhook has bytecode; a bare or editable src/ under
+    # PYTHONDONTWRITEBYTECODE would be compiled again by every `run --once`.
+    compile_target = src or Path(importlib.util.find_spec("pollhook").origin or ".").parent  # type: ignore[union-attr]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(compile_target)], check=True, timeout=120)
     if src is not None:
         os.environ["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(src), os.environ.get("PYTHONPATH", "")) if p
