@@ -168,7 +168,7 @@ def run(opts: Opts) -> Report:
                     continue
                 mode = "304" if kind == "304" else "full"
                 before_cpu = server.cpu_seconds()
-                res, _ = worker(
+                res, raw_proc = worker(
                     ["get-loop", "--base", server.base, "--count", str(n), "--concurrency",
                      str(opts.concurrency), "--repeats", "1", "--mode", mode],
                     timeout=300, tag=f"baseline-{k}-{kind}", out_dir=tmp,
@@ -178,6 +178,7 @@ def run(opts: Opts) -> Report:
                 for code, c in res["statuses"].items():
                     target["statuses"][code] = target["statuses"].get(code, 0) + c
                 once[kind][-1]["raw"] = res["seconds"][0]
+                once[kind][-1]["raw_proc"] = raw_proc.seconds  # spawn → exit, like run --once
                 inproc[kind][-1]["raw"] = res["seconds"][0]
                 if mode == "full":
                     server_cpu_raw.append(server.cpu_seconds() - before_cpu)
@@ -226,6 +227,8 @@ def run(opts: Opts) -> Report:
     base = {k: median([r["raw"] for r in once[k]]) for k in KINDS}
     pair_once = {k: median([r["raw"] / r["seconds"] for r in once[k]]) for k in KINDS}
     pair_in = {k: median([r["raw"] / r["round"] for r in inproc[k]]) for k in KINDS}
+    base_proc = {k: median([r["raw_proc"] for r in once[k]]) for k in KINDS}
+    pair_proc = {k: median([r["raw_proc"] / r["seconds"] for r in once[k]]) for k in KINDS}
     med_once = {k: median([r["seconds"] for r in once[k]]) for k in ("first", *KINDS)}
     med_in = {k: median([r["round"] for r in inproc[k]]) for k in ("first", *KINDS)}
     rep.add(f"Setup: {n} sources on one local aiohttp server (CPU 0), {ITEMS} items per document "
@@ -246,22 +249,27 @@ def run(opts: Opts) -> Report:
         b = base.get(kind)
         rows.append([
             kind, fmt_s(med_once[kind]), fmt_s(med_in[kind]),
-            fmt_s(b) if b else "-",
+            fmt_s(b) if b else "-", fmt_s(base_proc[kind]) if b else "-",
+            f"{pair_proc[kind]:.2f}" if b else "-",
             f"{pair_once[kind]:.2f}" if b else "-", f"{pair_in[kind]:.2f}" if b else "-",
             f"{n / med_once[kind]:.0f}", o[-1]["events"], f"{max(r['maxrss_mb'] for r in o):.0f} MB",
             f"{100 * median([r['server_cpu'] for r in o]):.0f}%",
             sum(r["rc"] != 0 for r in o), o[-1]["answers"],
         ])  # fmt: skip
     rep.table(
-        ["round", "run --once (wall)", "in-process run_once", "raw aiohttp", "ratio run --once",
-         "ratio in-process", "sources/s (run --once)", "events", "peak RSS", "server CPU",
+        ["round", "run --once (wall)", "in-process run_once", "raw aiohttp loop",
+         "raw aiohttp process", "ratio run --once / raw process", "ratio run --once / raw loop",
+         "ratio in-process / raw loop", "sources/s (run --once)", "events", "peak RSS", "server CPU",
          "non-zero exits", "server answers (last run --once)"], rows,
     )  # fmt: skip
     rep.add(f"Raw baseline rounds (one per pollhook round, right after it): full "
             f"{[round(x, 3) for x in full['seconds']]} s (statuses {full['statuses']}; the server "
             f"used {base_full_server_cpu:.2f} CPU-s per worker process, start-up included); 304 "
             f"{[round(x, 3) for x in cond['seconds']]} s (statuses {cond['statuses']}). Ratios are "
-            f"the median over repeats of raw time / pollhook time of the same repeat.")  # fmt: skip
+            f"the median over repeats of raw time / pollhook time of the same repeat. 'raw loop' is "
+            f"the round timed inside the raw client's process; 'raw process' is that process from "
+            f"spawn to exit (Python, aiohttp and orjson imports, the round), the same shape as "
+            f"`run --once`, which is compared with it.")  # fmt: skip
     rep.add()
     rep.add("In-process rounds (seconds: open = Daemon.__aenter__, round = run_once, close = __aexit__):")
     rep.add()
@@ -295,14 +303,16 @@ def run(opts: Opts) -> Report:
         rep.add()
 
     for kind in KINDS:
-        r_once, r_in = pair_once[kind], pair_in[kind]
+        r_proc, r_once, r_in = pair_proc[kind], pair_once[kind], pair_in[kind]
+        met = r_proc >= 0.5 and r_in >= 0.5
         rep.rows.append(Row(
             scenario="1. polling", measure=f"round, {kind} (vs raw aiohttp)",
-            ratio=f"{r_once:.2f} (run --once) / {r_in:.2f} (in-process)",
-            raw=f"run --once {fmt_s(med_once[kind])}, in-process {fmt_s(med_in[kind])}, "
-                f"raw {fmt_s(base[kind])}",
-            target=">= 0.5 of raw", met=r_once >= 0.5, command=COMMAND,
-            note="" if r_once >= 0.5 or r_in < 0.5 else "met in-process; start-up makes the gap",
+            ratio=f"{r_proc:.2f} (run --once / raw process) / {r_in:.2f} (in-process / raw loop)"
+                  f" / {r_once:.2f} (run --once / raw loop)",
+            raw=f"run --once {fmt_s(med_once[kind])}, raw process {fmt_s(base_proc[kind])}; "
+                f"in-process {fmt_s(med_in[kind])}, raw loop {fmt_s(base[kind])}",
+            target=">= 0.5 of raw", met=met, command=COMMAND,
+            note="" if met or r_in < 0.5 else "met in-process; start-up makes the gap",
         ))  # fmt: skip
     if urlwatch:
         for kind in ("changed", "unchanged"):
