@@ -1,5 +1,8 @@
 """SQLite state: items, events, the delivery outbox, and source health.
 
+This module holds the file's lifecycle, its schema and the poll side; the
+delivery side of the same `Store` is in outbox.py.
+
 The invariant everything else relies on: a poll's new item state, its events
 and their pending deliveries are written in one transaction (`commit_poll`).
 A crash either keeps all of it, so every webhook is still sent, or none of
@@ -26,15 +29,12 @@ import orjson
 import sqlite_utils
 
 from .errors import LockedError, StateError
+from .outbox import IN_JSON, Outbox
+from .outbox import DueDelivery as DueDelivery  # re-exported: the delivery worker's types
+from .outbox import Outcome as Outcome
 
 SCHEMA_VERSION = 3
 HASH_CACHE_MIN = 1000  # items: sources this large keep their hashes in memory
-
-# A list parameter as one JSON array, so each query's text is fixed: `IN (?, ?, ...)`
-# with a varying count is a new prepared statement each time, and the connection's
-# statement cache keeps 128 of them: a prune of a few thousand ids holds a few hundred
-# KB of native memory per cached statement, tens of MB once the cache is full.
-_IN_JSON = "(SELECT value FROM json_each(?))"
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -152,43 +152,13 @@ class PollWrite:
     body_digest: bytes | None = None
 
 
-@dataclass(frozen=True)
-class DueDelivery:
-    """A delivery ready for its next attempt."""
-
-    id: int
-    event_id: str
-    subscriber: str
-    attempts: int
-    body: bytes
-    detected_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The result of one attempt, to be recorded."""
-
-    delivery_id: int
-    at: float
-    status_code: int | None
-    duration_ms: float
-    error: str | None
-    response_body: str | None
-    new_status: str  # pending | delivered | dead
-    attempts: int
-    next_attempt_at: float | None
-    subscriber: str
-    event_id: str
-    detected_at: float = 0.0  # when the event was detected: delivery latency for metrics
-
-
 _STATE_SELECT = (
     "SELECT name, fingerprint, etag, last_modified, consecutive_failures, items_count,"
     " held_deletes, health, cursor, body_digest FROM sources"
 )
 
 
-class Store:
+class Store(Outbox):
     """The state file behind one small interface."""
 
     def __init__(self, path: Path) -> None:
@@ -325,7 +295,7 @@ class Store:
         for start in range(0, len(keys), 500):
             chunk = orjson.dumps(keys[start : start + 500]).decode()
             rows = self.db.conn.execute(
-                f"SELECT key, body FROM items WHERE source = ? AND key IN {_IN_JSON}",
+                f"SELECT key, body FROM items WHERE source = ? AND key IN {IN_JSON}",
                 (source, chunk),
             )
             out.update((key, orjson.loads(body)) for key, body in rows)
@@ -421,195 +391,6 @@ class Store:
         with self.transaction() as conn:
             conn.execute("UPDATE sources SET health = ? WHERE name = ?", (health, source))
             self._insert_events(conn, events, now)
-
-    # -- deliveries ----------------------------------------------------------
-
-    def due_deliveries(
-        self, subscriber: str, now: float, limit: int, exclude: Iterable[int] = ()
-    ) -> list[DueDelivery]:
-        skip = set(exclude)
-        rows = self.db.conn.execute(
-            "SELECT d.id, d.event_id, d.subscriber, d.attempts, e.body, e.created_at"
-            " FROM deliveries d"
-            " JOIN events e ON e.id = d.event_id"
-            " WHERE d.subscriber = ? AND d.status = 'pending' AND d.next_attempt_at <= ?"
-            " ORDER BY d.next_attempt_at, d.id LIMIT ?",
-            (subscriber, now, limit + len(skip)),
-        )
-        return [DueDelivery(*row) for row in rows if row[0] not in skip][:limit]
-
-    def next_due_at(self, subscribers: Iterable[str], exclude: Iterable[int] = ()) -> float | None:
-        """When the next pending delivery of `subscribers` falls due.
-
-        Deliveries in `exclude` (those in flight, whose `next_attempt_at` is
-        already past) are skipped: counting them would make every wait look
-        overdue while any attempt is open, and a hanging receiver would delay
-        everyone's retries to the worker's idle tick. One index range per
-        subscriber, so a large backlog costs nothing here.
-        """
-        skip = set(exclude)
-        best: float | None = None
-        for name in subscribers:
-            rows = self.db.conn.execute(
-                "SELECT id, next_attempt_at FROM deliveries WHERE subscriber = ?"
-                " AND status = 'pending' ORDER BY next_attempt_at LIMIT ?",
-                (name, len(skip) + 1),
-            )
-            for delivery_id, due in rows:
-                if delivery_id not in skip:
-                    if due is not None and (best is None or due < best):
-                        best = float(due)
-                    break
-        return best
-
-    def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
-        """Write a batch of attempt results in one transaction."""
-        with self.transaction() as conn:
-            conn.executemany(
-                "INSERT INTO attempts (delivery_id, at, status_code, duration_ms, error, response_body)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                ((o.delivery_id, o.at, o.status_code, o.duration_ms, o.error, o.response_body)
-                 for o in outcomes),
-            )  # fmt: skip
-            conn.executemany(
-                "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?,"
-                " updated_at = ?, last_status = ?, last_error = ? WHERE id = ?",
-                ((o.new_status, o.attempts, o.next_attempt_at, o.at, o.status_code, o.error,
-                  o.delivery_id) for o in outcomes),
-            )  # fmt: skip
-            conn.executemany(
-                "INSERT INTO subscribers (name, last_success_at) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET last_success_at = excluded.last_success_at",
-                ((o.subscriber, o.at) for o in outcomes if o.new_status == "delivered"),
-            )
-
-    def pause_subscriber(self, name: str, reason: str, now: float) -> None:
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO subscribers (name, paused_at, paused_reason) VALUES (?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET paused_at = excluded.paused_at,"
-                " paused_reason = excluded.paused_reason",
-                (name, now, reason),
-            )
-
-    def resume_subscriber(self, name: str) -> bool:
-        with self.transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE subscribers SET paused_at = NULL, paused_reason = NULL"
-                " WHERE name = ? AND paused_at IS NOT NULL",
-                (name,),
-            )
-        return cursor.rowcount > 0
-
-    def paused_subscribers(self) -> dict[str, str]:
-        rows = self.db.conn.execute(
-            "SELECT name, paused_reason FROM subscribers WHERE paused_at IS NOT NULL"
-        )
-        return {name: reason or "" for name, reason in rows}
-
-    # -- inspection and replay -------------------------------------------------
-
-    def list_deliveries(
-        self, *, status: str | None = None, subscriber: str | None = None,
-        event_id: str | None = None, limit: int = 50,
-    ) -> list[dict[str, Any]]:  # fmt: skip
-        where, args = ["1 = 1"], []
-        if status == "failed":
-            where.append("d.status = 'pending' AND d.attempts > 0")
-        elif status:
-            where.append("d.status = ?")
-            args.append(status)
-        if subscriber:
-            where.append("d.subscriber = ?")
-            args.append(subscriber)
-        if event_id:
-            where.append("d.event_id = ?")
-            args.append(event_id)
-        sql = (
-            "SELECT d.id, d.event_id, e.type, e.source, e.key, d.subscriber, d.status, d.attempts,"
-            " d.next_attempt_at, d.created_at, d.updated_at, d.last_status, d.last_error"
-            " FROM deliveries d JOIN events e ON e.id = d.event_id"
-            f" WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT ?"
-        )
-        return list(self.db.query(sql, [*args, limit]))
-
-    def attempts_of(self, delivery_id: int) -> list[dict[str, Any]]:
-        return list(
-            self.db.query(
-                "SELECT at, status_code, duration_ms, error, response_body FROM attempts"
-                " WHERE delivery_id = ? ORDER BY id",
-                [delivery_id],
-            )
-        )
-
-    def event_exists(self, event_id: str) -> bool:
-        row = self.db.conn.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone()
-        return row is not None
-
-    def event_subscribers(self, event_id: str) -> list[str]:
-        rows = self.db.conn.execute(
-            "SELECT subscriber FROM deliveries WHERE event_id = ?", (event_id,)
-        )
-        return [row[0] for row in rows]
-
-    def replay_event(self, event_id: str, subscribers: Iterable[str], now: float) -> int:
-        """Queue `event_id` again for each subscriber (a fresh round of attempts)."""
-        with self.transaction() as conn:
-            count = 0
-            for sub in subscribers:
-                conn.execute(
-                    "INSERT INTO deliveries (event_id, subscriber, status, attempts, next_attempt_at,"
-                    " created_at, updated_at) VALUES (?, ?, 'pending', 0, ?, ?, ?)"
-                    " ON CONFLICT (event_id, subscriber) DO UPDATE SET status = 'pending',"
-                    " attempts = 0, next_attempt_at = excluded.next_attempt_at,"
-                    " updated_at = excluded.updated_at",
-                    (event_id, sub, now, now, now),
-                )
-                count += 1
-        return count
-
-    def replay_dead(self, subscriber: str, since: float, now: float) -> int:
-        """Queue every dead delivery of `subscriber` created since `since` again."""
-        with self.transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?,"
-                " updated_at = ? WHERE subscriber = ? AND status = 'dead' AND created_at >= ?",
-                (now, now, subscriber, since),
-            )
-        return cursor.rowcount
-
-    # -- retention ---------------------------------------------------------------
-
-    def prune(self, delivered_before: float, dead_before: float, batch: int = 5000) -> int:
-        """Delete finished deliveries (and their attempts), then events nobody waits for.
-
-        Works in short batches so a large prune never holds the write lock for long;
-        pending deliveries and their events are never touched.
-        """
-        removed = 0
-        for status, before in (("delivered", delivered_before), ("dead", dead_before)):
-            while True:
-                with self.transaction() as conn:
-                    ids = [row[0] for row in conn.execute(
-                        "SELECT id FROM deliveries WHERE status = ? AND updated_at < ? LIMIT ?",
-                        (status, before, batch),
-                    )]  # fmt: skip
-                    listed = (orjson.dumps(ids).decode(),)
-                    conn.execute(f"DELETE FROM attempts WHERE delivery_id IN {_IN_JSON}", listed)
-                    conn.execute(f"DELETE FROM deliveries WHERE id IN {_IN_JSON}", listed)
-                removed += len(ids)
-                if len(ids) < batch:
-                    break
-        # an event outlives `delivered` only while a delivery (pending, or dead and kept
-        # for `dead`) still points at it; waiting for the longer horizon instead kept every
-        # event of a busy source for `dead` (90 days by default), three times too long
-        with self.transaction() as conn:
-            conn.execute(
-                "DELETE FROM events WHERE created_at < ?"
-                " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
-                (delivered_before,),
-            )
-        return removed
 
 
 def now() -> float:
