@@ -23,8 +23,13 @@ import orjson
 from .errors import ExtractError
 
 BOM = b"\xef\xbb\xbf"
-# A number token of 19+ digits: it may not fit the 64 bits orjson keeps exact.
-_LONG_NUMBER = re.compile(rb"[\[:,]\s*-?\d{19}")
+# orjson keeps integers in [-2**63, 2**64 - 1] exact (beyond, it returns a float): the
+# shortest number tokens that may not fit are 20 digits, or a minus and 19. With digits and
+# "-" all mapped to "0" such a token is a run of 20 "0"s; the regex then checks that a run
+# is a number token (a value, or the whole body), not digits inside a string.
+_NUMERALS = bytes.maketrans(b"-0123456789", b"0" * 11)
+_NUMERAL_RUN = b"0" * 20
+_LONG_NUMBER = re.compile(rb"(?:\A|[\[:,])\s*(?:-\d{19}|\d{20})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,18 +58,28 @@ def parse_json(body: bytes) -> Any:
     """
     if body.startswith(BOM):  # legacy servers send one; RFC 8259 lets parsers skip it
         body = body[len(BOM) :]
-    if not body.strip():
+    if not body or body.isspace():
         raise ExtractError("empty body where JSON was expected")
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ExtractError(f"body is not valid JSON: {exc}") from None
-    if _LONG_NUMBER.search(body):
+    if may_hold_long_integer(body):
         try:
             document = json.loads(body)
         except RecursionError:
             raise ExtractError("body is nested too deeply to parse exactly") from None
     return document
+
+
+def may_hold_long_integer(body: bytes) -> bool:
+    """Whether `body` has a number token orjson may not keep exact (false alarms are safe).
+
+    The regex alone scanned a 19 MB body in 0.10 s, more than orjson parses it
+    in; the translated copy (0.014 s) rules out nearly every body first, and
+    only a body with a long run of digits pays for the regex.
+    """
+    return _NUMERAL_RUN in body.translate(_NUMERALS) and _LONG_NUMBER.search(body) is not None
 
 
 def canonical_hash(value: Any) -> str:
