@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from pollhook.errors import ExtractError, SourceError
 from pollhook.extract import (
+    _checked_items,
     canonical_hash,
     extract_items,
     may_hold_long_integer,
@@ -102,6 +103,41 @@ def test_parse_json_is_as_exact_as_the_stdlib(document: Any, indent: int | None)
 def test_long_digit_runs_that_are_not_long_integers_skip_the_exact_parse(body: bytes) -> None:
     """Long ids in strings, and integers orjson keeps exact, do not pay for a second parse."""
     assert not may_hold_long_integer(body)
+
+
+# -- the fast path for a plain field key agrees with the item-by-item loop -----------
+
+KEYS = st.one_of(
+    st.integers(-3, 3), st.sampled_from(["a", "b", "1", "", 2**64, -(2**63)]), st.none(),
+    st.booleans(), st.floats(-2, 2), st.lists(st.integers(0, 1), max_size=1),
+    st.dictionaries(st.just("x"), st.integers(0, 1), max_size=1),
+)  # fmt: skip
+ITEMS = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({"id": KEYS}, optional={"n": JSON_NUMBERS, "meta": JSON_DOCS}),
+        st.fixed_dictionaries({}, optional={"other": KEYS}),
+        JSON_NUMBERS, DIGIT_TEXT, st.lists(KEYS, max_size=2), st.none(),
+    ),
+    max_size=6,
+)  # fmt: skip
+
+
+def _outcome(extract: Any) -> Any:
+    try:
+        return extract()
+    except ExtractError as exc:
+        return str(exc)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(items=ITEMS, ignore=st.sampled_from([(), ("meta",), ("meta.a", "n"), ("id",)]))
+def test_field_key_fast_path_agrees_with_the_item_by_item_loop(
+    items: list[Any], ignore: tuple[str, ...]
+) -> None:
+    """Same items, hashes and values, or the same error naming the same item."""
+    document = parse_json(json.dumps(items).encode())
+    fast = _outcome(lambda: extract_items(document, "@", "id", ignore))
+    assert fast == _outcome(lambda: _checked_items(document, "id", ignore))
 
 
 def test_item_value_is_the_parsed_item() -> None:
