@@ -8,6 +8,8 @@ from typing import Any
 import jsonpatch
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pollhook.diff import Change, Delta, changes_for, compare
 from pollhook.events import event_body
@@ -37,7 +39,22 @@ COMPARE = [
         ["2", "4"],
     ),
     ("replaced wholesale", {"1": "a"}, [("2", "a")], ["2"], [], ["1"]),
+    # as many fresh keys as stored ones, yet one is gone: the deletion scan must still run
+    ("one swapped for another", {"1": "a", "2": "b"}, [("1", "a"), ("3", "c")], ["3"], [], ["2"]),
+    ("created and updated, none gone", {"1": "a"}, [("2", "b"), ("1", "A")], ["2"], ["1"], []),
 ]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    stored=st.dictionaries(st.sampled_from("abcdefgh"), st.sampled_from("xyz"), max_size=8),
+    fresh=st.dictionaries(st.sampled_from("abcdefgh"), st.sampled_from("xyz"), max_size=8),
+)
+def test_compare_agrees_with_the_definition(stored: dict[str, str], fresh: dict[str, str]) -> None:
+    delta = compare(stored, fresh_items(*fresh.items()))
+    assert delta.created == [k for k in fresh if k not in stored]
+    assert delta.updated == [k for k in fresh if k in stored and stored[k] != fresh[k]]
+    assert delta.deleted == [k for k in stored if k not in fresh]
 
 
 @pytest.mark.parametrize(

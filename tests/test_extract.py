@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pollhook.errors import ExtractError, SourceError
-from pollhook.extract import canonical_hash, extract_items, parse_json, search, without_paths
+from pollhook.extract import (
+    _checked_items,
+    canonical_hash,
+    extract_items,
+    may_hold_long_integer,
+    parse_json,
+    search,
+    without_paths,
+)
 
 CASES = yaml.safe_load((Path(__file__).parent / "cases" / "extract.yaml").read_text("utf-8"))
 
@@ -46,6 +57,87 @@ def test_extract_error_fails_the_poll() -> None:
 def test_invalid_bodies(body: bytes) -> None:
     with pytest.raises(ExtractError, match="not valid JSON"):
         parse_json(body)
+
+
+# -- integers beyond what orjson keeps exact ---------------------------------------
+
+# orjson keeps [-2**63, 2**64 - 1] exact and returns a float beyond
+EDGE_INTEGERS = [2**64 - 1, 2**64, 10**19, 10**19 - 1, 10**20, -(2**63), -(2**63) - 1,
+                 -(10**18) + 1, -(10**18), 2**53 + 1, 10**30, -(10**30)]  # fmt: skip
+
+
+@pytest.mark.parametrize("number", EDGE_INTEGERS)
+@pytest.mark.parametrize("template", ["[{}]", '{{"a": {}}}', "[1,\n\t {} ]", "{}", " {}\n"])
+def test_integers_parse_exactly(number: int, template: str) -> None:
+    body = template.format(number).encode()
+    assert repr(parse_json(body)) == repr(json.loads(body))
+
+
+JSON_NUMBERS = st.one_of(
+    st.integers(-(2**70), 2**70), st.sampled_from(EDGE_INTEGERS),
+    st.floats(allow_nan=False, allow_infinity=False),
+)  # fmt: skip
+DIGIT_TEXT = st.text(alphabet="0123456789-:,[ .e", max_size=45)  # digit runs inside strings
+JSON_DOCS = st.recursive(
+    st.one_of(JSON_NUMBERS, DIGIT_TEXT, st.booleans(), st.none()),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(DIGIT_TEXT, inner, max_size=4)
+    ),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(document=JSON_DOCS, indent=st.sampled_from([None, 1]))
+def test_parse_json_is_as_exact_as_the_stdlib(document: Any, indent: int | None) -> None:
+    """Every number comes back as json.loads reads it: no integer silently turns float."""
+    body = json.dumps(document, indent=indent).encode()
+    assert repr(parse_json(body)) == repr(json.loads(body))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"id": "12345678901234567890123"}', b'["-1234567890123456789"]', b'{"n": 9999999999999999999}',
+     b'{"n": -999999999999999999}', b'{"t": 1.00000000000000000001}', b'{"t": 1e00000000000000000001}'],
+)  # fmt: skip
+def test_long_digit_runs_that_are_not_long_integers_skip_the_exact_parse(body: bytes) -> None:
+    """Long ids in strings, and integers orjson keeps exact, do not pay for a second parse."""
+    assert not may_hold_long_integer(body)
+
+
+# -- the fast path for a plain field key agrees with the item-by-item loop -----------
+
+KEYS = st.one_of(
+    st.integers(-3, 3), st.sampled_from(["a", "b", "1", "", 2**64, -(2**63)]), st.none(),
+    st.booleans(), st.floats(-2, 2), st.lists(st.integers(0, 1), max_size=1),
+    st.dictionaries(st.just("x"), st.integers(0, 1), max_size=1),
+)  # fmt: skip
+ITEMS = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({"id": KEYS}, optional={"n": JSON_NUMBERS, "meta": JSON_DOCS}),
+        st.fixed_dictionaries({}, optional={"other": KEYS}),
+        JSON_NUMBERS, DIGIT_TEXT, st.lists(KEYS, max_size=2), st.none(),
+    ),
+    max_size=6,
+)  # fmt: skip
+
+
+def _outcome(extract: Any) -> Any:
+    try:
+        return extract()
+    except ExtractError as exc:
+        return str(exc)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(items=ITEMS, ignore=st.sampled_from([(), ("meta",), ("meta.a", "n"), ("id",)]))
+def test_field_key_fast_path_agrees_with_the_item_by_item_loop(
+    items: list[Any], ignore: tuple[str, ...]
+) -> None:
+    """Same items, hashes and values, or the same error naming the same item."""
+    document = parse_json(json.dumps(items).encode())
+    fast = _outcome(lambda: extract_items(document, "@", "id", ignore))
+    assert fast == _outcome(lambda: _checked_items(document, "id", ignore))
 
 
 def test_item_value_is_the_parsed_item() -> None:

@@ -47,16 +47,18 @@ class Change:
 
 
 def compare(stored: Mapping[str, str], fresh: Mapping[str, Item]) -> Delta:
-    """Keys new, changed (by hash) and gone, in upstream order then stored order."""
-    delta = Delta()
-    for key, item in fresh.items():
-        old = stored.get(key)
-        if old is None:
-            delta.created.append(key)
-        elif old != item.hash:
-            delta.updated.append(key)
-    delta.deleted.extend(key for key in stored if key not in fresh)
-    return delta
+    """Keys new, changed (by hash) and gone, in upstream order then stored order.
+
+    One pass over `fresh` finds the few keys that differ; `stored` is scanned
+    for deletions only when some stored key cannot be among the fresh ones.
+    """
+    get = stored.get
+    changed = [key for key, item in fresh.items() if get(key) != item.hash]
+    created = [key for key in changed if get(key) is None]
+    updated = [key for key in changed if get(key) is not None] if created else changed
+    if len(fresh) - len(created) < len(stored):  # fewer fresh keys were stored: some are gone
+        return Delta(created, updated, [key for key in stored if key not in fresh])
+    return Delta(created, updated)
 
 
 def changes_for(
