@@ -20,8 +20,6 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
-import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from . import metrics
 from .config import Config, load_config
@@ -49,14 +47,6 @@ def make_client(max_connections: int = 1000) -> aiohttp.ClientSession:
     Call it inside the running loop; idle connections close after 3 s (`request.KEEPALIVE`).
     """
     return session(max_connections=max_connections)
-
-
-def _delivery_client(max_connections: int = 1000) -> httpx.AsyncClient:
-    """The client deliveries still use: httpx's API over aiohttp's pool."""
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=200, keepalive_expiry=3.0
-    )
-    return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=None)
 
 
 class StoreRunner:
@@ -89,7 +79,6 @@ class Daemon:
         self.state = "starting"
         self._given_client = client
         self.client: aiohttp.ClientSession  # made in __aenter__, inside the running loop
-        self.delivery_client: httpx.AsyncClient
         self.stopping = asyncio.Event()
         self.poll_tasks: set[asyncio.Task[PollResult]] = set()
         self.db: StoreRunner
@@ -108,8 +97,7 @@ class Daemon:
             raise
         self.db = StoreRunner(store)
         self.client = self._given_client or make_client()
-        self.delivery_client = _delivery_client()
-        self.worker = DeliveryWorker(self.db, self.delivery_client, self.config.subscribers)
+        self.worker = DeliveryWorker(self.db, self.client, self.config.subscribers)
         self.poller = Poller(self.db, self.client, self.config, on_events=self.worker.wake)
         self.schedule = PollSchedule(self._poll)
         return self
@@ -129,7 +117,6 @@ class Daemon:
             await asyncio.wait(self.poll_tasks, timeout=STOP_GRACE)
         await self.worker.close(grace=STOP_GRACE)
         await self.poller.aclose()  # the clients of sources with their own TLS settings
-        await self.delivery_client.aclose()
         if self._given_client is None:
             await self.client.close()
         await asyncio.to_thread(self.db.close)

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
-import httpx
 from yarl import URL
 
 from . import __version__
@@ -121,14 +120,9 @@ async def fetch(
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line naming what went wrong, for the attempt log.
-
-    The aiohttp transport maps its errors onto httpx classes loosely (a reset
-    connection arrives as `ConnectTimeout`), so the original cause is named.
-    """
-    root = exc.__cause__ if isinstance(exc, httpx.HTTPError) and exc.__cause__ else exc
-    text = " ".join(str(root).replace("\\n", " ").split()) or "request failed"
-    return f"{type(root).__name__}: {text}"[:500]
+    """One line naming what went wrong, for the attempt log: the exception's class and text."""
+    text = " ".join(str(exc).replace("\\n", " ").split()) or "request failed"
+    return f"{type(exc).__name__}: {text}"[:500]
 
 
 async def _request(
