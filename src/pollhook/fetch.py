@@ -103,7 +103,10 @@ async def fetch(
     if last_modified:
         headers["if-modified-since"] = last_modified
     timeout = source.timeout or http.timeout
-    target = with_query(url or source.url, params)  # merged into the URL's own query
+    try:
+        target = with_query(url or source.url, params)  # merged into the URL's own query
+    except ValueError as exc:  # e.g. a next-page link the upstream sent
+        raise FetchError(f"not a valid URL: {url or source.url!r} ({exc})") from None
     limit = max_body or source.max_body_size or http.max_body_size
     async with limits.slot(str(target)):
         try:
