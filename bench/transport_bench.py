@@ -32,6 +32,9 @@ stalled body, dropped connection, non-HTTP reply, slow drip) and records which
 exception each raises.
 
 Results (markdown) are printed and written to bench/results/transport.md.
+
+This is the record of why pollhook calls aiohttp directly.  It also needs httpx and
+httpx-aiohttp, which pollhook itself no longer depends on (`pip install httpx-aiohttp`).
 """
 
 from __future__ import annotations

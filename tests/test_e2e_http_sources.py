@@ -196,6 +196,22 @@ def test_a_redirected_post_keeps_or_drops_its_body_as_http_says(api, write_confi
     assert ("content-length" in new.headers) is has_body  # no stray chunked empty body
 
 
+def test_cookies_an_upstream_sets_are_never_sent_back(api, write_config):  # type: ignore[no-untyped-def]
+    def route(req: Request) -> Reply:
+        cookie = {"set-cookie": f"session={path(req)[1:]}; Path=/"}
+        if path(req) == "/old":  # a redirect, then a second page: both would carry a jar's cookie
+            return 302, {"location": "/new", **cookie}, b""
+        if params(req).get("page") == "2":
+            return body([{"id": 2}])
+        return body([{"id": 1}], {"link": '</new?page=2>; rel="next"', **cookie})
+
+    upstream = api(route)
+    cfg = write_config(config(source("jar", f"{upstream.url}/old", "pagination: link")))
+    assert once(cfg).returncode == 0
+    assert [r.path for r in upstream.requests] == ["/old", "/new", "/new?page=2"]
+    assert [r.headers.get("cookie") for r in upstream.requests] == [None, None, None]
+
+
 def _tls_files(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
     ca = trustme.CA()
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

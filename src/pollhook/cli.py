@@ -283,7 +283,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
         try:
             write = await dry_run(db, client, config, source)
         finally:
-            await client.aclose()
+            await client.close()
             db.close()
         for event in write.events:
             sys.stdout.write(event.body.decode() + "\n")

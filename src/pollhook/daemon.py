@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import httpx
+import aiohttp
 
 from . import metrics
 from .config import Config, load_config
@@ -29,7 +29,7 @@ from .metrics import MetricsServer
 from .notify import Notifier
 from .poll import Poller, PollResult
 from .report import outbox_snapshot, pending_count
-from .request import Transport
+from .request import session
 from .schedule import PollSchedule
 from .store import Store
 
@@ -42,15 +42,12 @@ FLUSH_EVERY = 5.0  # unchanged polls' last-poll times are written in batches thi
 STUCK_AFTER = 30.0  # the delivery loop turns every second; this long without a turn is stuck
 
 
-def make_client(max_connections: int = 1000) -> httpx.AsyncClient:
-    """The shared client: httpx's API over aiohttp's pool, 3-11x httpx's own (bench/results/transport.md)."""
-    # Idle connections close after 3 s: below the 5 s many servers use (Node, nginx
-    # keepalive_timeout 5s), so a POST rarely races a server closing the same connection.
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=200, keepalive_expiry=3.0
-    )
-    transport = Transport(limits=limits)  # aiohttp's, sending bodies as bytes (request.py)
-    return httpx.AsyncClient(transport=transport, timeout=None)
+def make_client(max_connections: int = 1000) -> aiohttp.ClientSession:
+    """The shared session: aiohttp directly (httpx over it ran at 0.29-0.49x, bench/results/transport.md).
+
+    Call it inside the running loop; idle connections close after 3 s (`request.KEEPALIVE`).
+    """
+    return session(max_connections=max_connections)
 
 
 class StoreRunner:
@@ -73,7 +70,7 @@ class Daemon:
     """`async with Daemon(config, db_path) as d: await d.run()`."""
 
     def __init__(
-        self, config: Config, db_path: Path, client: httpx.AsyncClient | None = None,
+        self, config: Config, db_path: Path, client: aiohttp.ClientSession | None = None,
         metrics_listen: tuple[str, int] | None = None,
     ) -> None:  # fmt: skip
         self.config = config
@@ -81,8 +78,8 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self.db_path = db_path
         self.state = "starting"
-        self._own_client = client is None
-        self.client = client or make_client()
+        self._given_client = client
+        self.client: aiohttp.ClientSession  # made in __aenter__, inside the running loop
         self.stopping = asyncio.Event()
         self.poll_tasks: set[asyncio.Task[PollResult]] = set()
         self.db: StoreRunner
@@ -100,6 +97,7 @@ class Daemon:
             store.close()
             raise
         self.db = StoreRunner(store)
+        self.client = self._given_client or make_client()
         self.worker = DeliveryWorker(self.db, self.client, self.config.subscribers)
         self.poller = Poller(self.db, self.client, self.config, on_events=self.worker.wake)
         self.schedule = PollSchedule(self._poll)
@@ -121,8 +119,8 @@ class Daemon:
         await self.worker.close(grace=STOP_GRACE)
         await self._flush()
         await self.poller.aclose()  # the clients of sources with their own TLS settings
-        if self._own_client:
-            await self.client.aclose()
+        if self._given_client is None:
+            await self.client.close()
         await asyncio.to_thread(self.db.close)
         self.notifier.close()
         if exc is None or isinstance(exc, asyncio.CancelledError):

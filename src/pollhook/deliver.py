@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
+import aiohttp
 from standardwebhooks.webhooks import Webhook
 
 from . import metrics
@@ -54,7 +54,7 @@ class DeliveryWorker:
     """Delivers the outbox; one instance per daemon, owning every attempt task."""
 
     def __init__(
-        self, db: DbCall, client: httpx.AsyncClient, subscribers: tuple[Subscriber, ...]
+        self, db: DbCall, client: aiohttp.ClientSession, subscribers: tuple[Subscriber, ...]
     ) -> None:
         self.db = db
         self.client = client
@@ -227,7 +227,7 @@ class DeliveryWorker:
         self.wake()
 
 
-async def attempt(client: httpx.AsyncClient, sub: Subscriber, delivery: DueDelivery) -> Outcome:
+async def attempt(client: aiohttp.ClientSession, sub: Subscriber, delivery: DueDelivery) -> Outcome:
     """POST one delivery and decide what happens next. Never raises for receiver faults."""
     timestamp = int(time.time())
     # header names are case-insensitive: a configured `Webhook-Id` must not ride along
@@ -277,19 +277,26 @@ def _reserved(name: str) -> bool:
 
 
 async def _post(
-    client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]
+    client: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
 ) -> tuple[int, str, float | None, str | None]:
-    async with client.stream(
-        "POST", url, content=body, headers=headers, follow_redirects=False
-    ) as r:
-        kept = bytearray()
-        async for chunk in r.aiter_raw():
-            kept += chunk
-            if len(kept) >= RESPONSE_KEEP:
+    """POST the stored bytes, never following a redirect; keep the answer's first 4 KB.
+
+    The rest of a longer answer is not read: its connection is closed instead of reused.
+    """
+    async with client.post(url, data=body, headers=headers, allow_redirects=False) as r:
+        kept = b""
+        while len(kept) < RESPONSE_KEEP:
+            chunk = await r.content.read(RESPONSE_KEEP - len(kept))
+            if not chunk:
                 break
+            kept += chunk
         retry_after = parse_retry_after(r.headers.get("retry-after"), time.time())
-        text = bytes(kept[:RESPONSE_KEEP]).decode("utf-8", errors="replace")
-        return r.status_code, text, retry_after, r.headers.get("location")
+        return (
+            r.status,
+            kept.decode("utf-8", errors="replace"),
+            retry_after,
+            r.headers.get("location"),
+        )
 
 
 def _decide(

@@ -218,8 +218,7 @@ def _quiet_logs() -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    for noisy in ("aiohttp", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
 
 
 def _say(who: str, text: str) -> None:

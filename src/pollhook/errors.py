@@ -9,7 +9,7 @@
     │   └── ExtractError          the body does not parse or has the wrong shape
     └── UsageError                a command was given arguments it cannot act on (exit 2)
 
-Third-party errors (httpx, sqlite3, yaml, jmespath) are translated where they
+Third-party errors (aiohttp, sqlite3, yaml, jmespath) are translated where they
 enter; only the CLI turns these into messages and exit codes.
 """
 

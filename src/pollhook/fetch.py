@@ -3,6 +3,13 @@
 A bad fetch must be an error, never a diff: error statuses, timeouts, bodies
 over the size limit and cut-off transfers all raise FetchError, and the poll
 then writes nothing.
+
+Requests go through aiohttp directly (an `aiohttp.ClientSession` made by
+`request.session`, injected): httpx over aiohttp cost twice what aiohttp
+itself does per request (BENCHMARKS.md, bench/results/transport.md). The
+session keeps no cookies (`aiohttp.DummyCookieJar`): sources share it, and a
+cookie one upstream sets must never be sent with another source's requests,
+nor make a poll's answer depend on the polls before it.
 """
 
 from __future__ import annotations
@@ -14,17 +21,19 @@ import zlib
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from . import __version__
 from .config import HttpSettings, Source
 from .errors import FetchError, PollhookError
-from .request import extra_headers
+from .request import Params, extra_headers, with_query
 from .retry import parse_retry_after
 
 USER_AGENT = f"pollhook/{__version__}"
+MAX_REDIRECTS = 20  # as browsers allow
 
 
 @dataclass(frozen=True)
@@ -73,9 +82,9 @@ def _host(url: str) -> str:
 
 
 async def fetch(
-    client: httpx.AsyncClient, source: Source, http: HttpSettings, limits: HostLimits,
+    client: aiohttp.ClientSession, source: Source, http: HttpSettings, limits: HostLimits,
     etag: str | None = None, last_modified: str | None = None, *, url: str | None = None,
-    params: httpx.QueryParams | None = None, max_body: int | None = None,
+    params: Params | None = None, max_body: int | None = None,
 ) -> Fetched:  # fmt: skip
     """GET (or the source's method) with conditional headers, a total timeout and a size cap.
 
@@ -94,17 +103,18 @@ async def fetch(
     if last_modified:
         headers["if-modified-since"] = last_modified
     timeout = source.timeout or http.timeout
-    target = url or source.url
-    if params:  # merged into the URL's own query (httpx's `params=` would replace it)
-        target = str(httpx.URL(target).copy_merge_params(params))
+    try:
+        target = with_query(url or source.url, params)  # merged into the URL's own query
+    except ValueError as exc:  # e.g. a next-page link the upstream sent
+        raise FetchError(f"not a valid URL: {url or source.url!r} ({exc})") from None
     limit = max_body or source.max_body_size or http.max_body_size
-    async with limits.slot(target):
+    async with limits.slot(str(target)):
         try:
             async with asyncio.timeout(timeout):
                 return await _request(client, source, target, headers, limit)
         except TimeoutError:
             raise FetchError(f"timed out after {timeout:g}s") from None
-        except httpx.TooManyRedirects:
+        except aiohttp.TooManyRedirects:
             raise FetchError("too many redirects") from None
         except PollhookError:
             raise
@@ -113,23 +123,18 @@ async def fetch(
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line naming what went wrong, for the attempt log.
-
-    The aiohttp transport maps its errors onto httpx classes loosely (a reset
-    connection arrives as `ConnectTimeout`), so the original cause is named.
-    """
-    root = exc.__cause__ if isinstance(exc, httpx.HTTPError) and exc.__cause__ else exc
-    text = " ".join(str(root).replace("\\n", " ").split()) or "request failed"
-    return f"{type(root).__name__}: {text}"[:500]
+    """One line naming what went wrong, for the attempt log: the exception's class and text."""
+    text = " ".join(str(exc).replace("\\n", " ").split()) or "request failed"
+    return f"{type(exc).__name__}: {text}"[:500]
 
 
 async def _request(
-    client: httpx.AsyncClient, source: Source, url: str, headers: dict[str, str], max_body: int
+    client: aiohttp.ClientSession, source: Source, url: URL, headers: dict[str, str], max_body: int
 ) -> Fetched:
-    async with client.stream(
-        source.method, url, content=source.body, headers=headers, follow_redirects=True
+    async with client.request(
+        source.method, url, data=source.body, headers=headers, max_redirects=MAX_REDIRECTS
     ) as response:
-        status = response.status_code
+        status = response.status
         if status == 304:
             return Fetched(304, None, "", etag=None, last_modified=None)
         if not 200 <= status < 300:
@@ -139,7 +144,7 @@ async def _request(
         if declared and declared.isdigit() and int(declared) > max_body:
             raise FetchError(f"body of {int(declared)} bytes exceeds max_body_size {max_body}")
         chunks, size = [], 0
-        async for chunk in response.aiter_raw():
+        async for chunk in response.content.iter_any():
             size += len(chunk)
             if size > max_body:
                 raise FetchError(f"body exceeds max_body_size {max_body}")
@@ -155,9 +160,12 @@ async def _request(
         )
 
 
-def _next_link(response: httpx.Response) -> str | None:
-    link = response.links.get("next", {}).get("url") if "link" in response.headers else None
-    return urljoin(str(response.url), link) if link else None
+def _next_link(response: aiohttp.ClientResponse) -> str | None:
+    """The Link header's rel="next", made absolute against the final (redirected) URL."""
+    if "link" not in response.headers:
+        return None
+    link = response.links.get("next")
+    return str(link["url"]) if link else None
 
 
 def _decode(raw: bytes, encoding: str, max_body: int) -> bytes:

@@ -60,4 +60,3 @@ def setup_logging(level: str, fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is too much

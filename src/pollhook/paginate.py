@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-import httpx
+import aiohttp
 
 from .config import HttpSettings, Source
 from .errors import ExtractError, FetchError, SourceError
@@ -26,6 +26,7 @@ from .extract import Item, json_text, search
 from .fetch import Fetched, HostLimits, fetch
 from .formats import parse_source
 from .options import Pagination
+from .request import Params, with_query
 
 log = logging.getLogger("pollhook.paginate")
 
@@ -47,8 +48,8 @@ def first_page(source: Source) -> list[tuple[str, str]]:
 
 
 async def more_pages(
-    client: httpx.AsyncClient, source: Source, http: HttpSettings, limits: HostLimits,
-    first: Fetched, items: dict[str, Item], params: httpx.QueryParams, extract: Extract,
+    client: aiohttp.ClientSession, source: Source, http: HttpSettings, limits: HostLimits,
+    first: Fetched, items: dict[str, Item], params: Params, extract: Extract,
     parse: Parse | None = None,
 ) -> dict[str, Item]:  # fmt: skip
     """Fetch the pages after `first` and merge their items (a key seen again: the later wins).
@@ -64,7 +65,7 @@ async def more_pages(
     merged = dict(items)
     url, page, last, number = source.url, first, items, 1
     position = pagination.start
-    seen_urls = {str(httpx.URL(source.url).copy_merge_params(params))}
+    seen_urls = {str(with_query(source.url, params))}
     seen_cursors: set[str] = set()
     while True:
         step = _next(pagination, source, url, page, last, position, parse, number)

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from . import cursor, metrics, paginate
@@ -53,7 +53,7 @@ class Poller:
     """Runs polls; owns nothing but borrows the client, the store runner and the config."""
 
     def __init__(
-        self, db: DbCall, client: httpx.AsyncClient, config: Config,
+        self, db: DbCall, client: aiohttp.ClientSession, config: Config,
         on_events: Callable[[], None] = lambda: None,
     ) -> None:  # fmt: skip
         self.db = db
@@ -199,7 +199,7 @@ class Poller:
 
 
 async def dry_run(
-    db: DbCall, client: httpx.AsyncClient, config: Config, source: Source
+    db: DbCall, client: aiohttp.ClientSession, config: Config, source: Source
 ) -> PollWrite:
     """Fetch and diff like a real poll (unconditionally), but write nothing."""
     state: SourceState | None = await db(Store.source_state, source.name)
