@@ -13,6 +13,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -220,10 +221,13 @@ class DeliveryWorker:
             self._outcomes[:0] = batch  # not recorded: the deliveries stay in flight until it is
             self._outcome_ready.set()
             raise
+        delivered: Counter[str] = Counter()
         for outcome in batch:
             self.in_flight.get(outcome.subscriber, set()).discard(outcome.delivery_id)
-            _log_outcome(outcome)
+            _log_failure(outcome)
             _count(outcome)
+            delivered[outcome.subscriber] += outcome.new_status == "delivered"
+        _log_delivered(batch, delivered)
         self.wake()
 
 
@@ -328,14 +332,30 @@ def _count(o: Outcome) -> None:
         metrics.DELIVERY_SECONDS.labels(o.subscriber).observe(max(o.at - o.detected_at, 0.0))
 
 
-def _log_outcome(o: Outcome) -> None:
-    if o.new_status == "delivered":
-        log.info("subscriber=%s event=%s delivered (HTTP %s, %.0fms)",
-                 o.subscriber, o.event_id, o.status_code, o.duration_ms)  # fmt: skip
-    elif o.new_status == "dead":
+def _log_delivered(batch: list[Outcome], delivered: Counter[str]) -> None:
+    """One INFO line per subscriber and batch: thousands a second would flood the journal.
+
+    journald drops a service's messages past its rate limit (10,000 per 30 s by
+    default), which would hide the warnings that matter. A batch of one, or any
+    batch at `--log-level debug`, is logged delivery by delivery.
+    """
+    each = log.isEnabledFor(logging.DEBUG)
+    for sub, count in delivered.items():
+        if count == 1 or (count and each):
+            for o in batch:
+                if o.subscriber == sub and o.new_status == "delivered":
+                    log.info("subscriber=%s event=%s delivered (HTTP %s, %.0fms)",
+                             sub, o.event_id, o.status_code, o.duration_ms)  # fmt: skip
+        elif count:
+            log.info("subscriber=%s delivered %d webhooks", sub, count)
+
+
+def _log_failure(o: Outcome) -> None:
+    """Dead deliveries and failed attempts, one line each (successes: `_log_delivered`)."""
+    if o.new_status == "dead":
         log.error("subscriber=%s event=%s dead after %d attempts: %s",
                   o.subscriber, o.event_id, o.attempts, o.error)  # fmt: skip
-    elif o.status_code != 410:
+    elif o.new_status == "pending" and o.status_code != 410:
         wait = (o.next_attempt_at or o.at) - o.at
         log.warning("subscriber=%s event=%s attempt %d failed: %s; retry in %.1fs",
                     o.subscriber, o.event_id, o.attempts, o.error, wait)  # fmt: skip
