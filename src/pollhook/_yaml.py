@@ -60,7 +60,7 @@ class _Loader(yaml.SafeLoader):
 # breaks (line numbers), the non-specific tag `!` (libyaml makes `a: !` a '', PyYAML None)
 # and a comment glued to a block scalar header (`a: |#c`, refused by PyYAML).
 _PURE_ONLY = re.compile(
-    "[^\x0a\x0d\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+    "[\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]"
     r"|!(?:<!>)?(?:[\s,\[\]{}]|\Z)|[|>][-+0-9]*#"
 )
 _FAST_MAX_DEPTH = 50  # deeper nesting goes to the pure loader, whose recursion limit words it
