@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -25,6 +27,33 @@ def test_top_level_help_lists_every_command() -> None:
     text = build_parser().format_help()
     for name in COMMANDS:
         assert name in text
+
+
+ONLY_WHEN_NEEDED = ("apscheduler", "prometheus_client", "aiohttp.web")
+IMPORTED = """
+import runpy, sys
+sys.argv = ["pollhook", *sys.argv[1:]]
+try:
+    runpy.run_module("pollhook", run_name="__main__")
+finally:
+    print(sorted(m for m in {modules!r} if m in sys.modules), file=sys.stderr)
+"""
+
+
+def test_run_once_and_check_import_neither_scheduler_nor_metrics(
+    upstream, write_config, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Start-up is part of every `run --once`: what only the daemon needs is imported lazily."""
+    upstream.items = [{"id": 1}]
+    cfg = write_config(f"sources:\n  - name: a\n    url: {upstream.url}/a\n    interval: 1h\n")
+    script = IMPORTED.format(modules=ONLY_WHEN_NEEDED)
+    for args in (["check"], ["run", "--once", "--db", str(tmp_path / "s.db")]):
+        result = subprocess.run(
+            [sys.executable, "-c", script, *args, "-c", str(cfg)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.splitlines()[-1] == "[]", (args, result.stderr)
 
 
 def test_status_and_events_after_polls_without_subscribers(

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from pollhook import _yaml
 from pollhook.cli import main
 from pollhook.config import DEFAULT_RETRY, Config, Source, Subscriber, load_config
 from pollhook.errors import ConfigError
@@ -234,6 +235,78 @@ def test_http_settings(tmp_path: Path) -> None:
 def test_yaml_merge_keys_may_be_overridden(tmp_path: Path) -> None:
     text = SRC.replace("  - name", "  - &base\n    name") + "  - <<: *base\n    name: other\n"
     assert [s.name for s in load(tmp_path, text).sources] == ["tickets", "other"]
+
+
+# -- the libyaml fast path reads exactly what the pure loader reads -----------------------
+
+AGREE = [
+    CONTRACT_EXAMPLE,
+    SRC.replace("  - name", "  - &base\n    name") + "  - <<: *base\n    name: other\n",
+    "a: 1\r\nb:\r\n  - x\r\n  - {y: 2, z: [3, 4]}\r\n",
+    "a: |\n  one\n  two\nb: >-\n  p\n\n  q\nc: 'x\n\n  y'\n? d\n: [e, {f: g}]\n",
+    "url: http://h/p?q=1&r=2\nlist:\n- a\n-\n- c # comment\n\n\nlast: ~\n",
+]
+DISAGREE = [
+    # (text, what PyYAML makes of it); libyaml would accept or read each differently
+    ("sources:\n  - name: a\tb\n", "cannot start any token"),
+    ("sources: [http://h/p?q=1]\n", "flow sequence"),
+    ("sources: {a: }\nx: !\n", None),
+    ("sources: |#c\n  x\n", "chomping"),
+    ("sources: [\n  ?#c\n  ]\n", None),  # an empty key: libyaml puts it on line 3, PyYAML 2
+]
+
+
+def _load_both(tmp_path: Path, text: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """load_yaml's answer with libyaml, then without it (as on a PyYAML built without)."""
+    path = write(tmp_path, text)
+    answers = []
+    for fast in (_yaml._FastLoader, None):
+        monkeypatch.setattr(_yaml, "_FastLoader", fast)
+        try:
+            answers.append(_lines(_yaml.load_yaml(path)))
+        except ConfigError as exc:
+            answers.append(str(exc))
+    return answers[0], answers[1]
+
+
+def _lines(value: Any) -> Any:
+    """A loaded value with the line numbers it carries, for comparison."""
+    if isinstance(value, _yaml.LineMap):
+        return ("map", value.line, [(k, value.key_lines[k], _lines(v)) for k, v in value.items()])
+    if isinstance(value, _yaml.LineList):
+        return ("list", value.line, value.item_lines, [_lines(v) for v in value])
+    return (type(value).__name__, value)
+
+
+@pytest.mark.skipif(_yaml._FastLoader is None, reason="PyYAML built without libyaml")
+@pytest.mark.parametrize("text", AGREE)
+def test_libyaml_and_pure_loader_agree_on_values_and_lines(
+    tmp_path: Path, text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast, pure = _load_both(tmp_path, text, monkeypatch)
+    assert fast == pure
+    assert not isinstance(fast, str)
+
+
+@pytest.mark.skipif(_yaml._FastLoader is None, reason="PyYAML built without libyaml")
+@pytest.mark.parametrize(("text", "fragment"), DISAGREE)
+def test_where_libyaml_reads_differently_the_pure_loader_decides(
+    tmp_path: Path, text: str, fragment: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast, pure = _load_both(tmp_path, text, monkeypatch)
+    assert fast == pure
+    if fragment is not None:
+        assert isinstance(fast, str) and fragment in fast, fast
+
+
+@pytest.mark.parametrize(
+    "text", ["[" * 60 + "]" * 60 + "\n", "a:\n" + "".join(f"{' ' * i} b:\n" for i in range(1, 60))]
+)
+def test_deep_nesting_is_left_to_the_pure_loader(
+    tmp_path: Path, text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast, pure = _load_both(tmp_path, text, monkeypatch)
+    assert fast == pure
 
 
 FINGERPRINT_BASE = {

@@ -2,16 +2,31 @@
 
 Config errors must name the line, so mappings and lists are loaded into
 dict/list subclasses that carry the line numbers of their keys and items.
+
+libyaml's parser (when PyYAML was built with it) is ~6x faster than the pure
+Python scanner, but words its errors differently and accepts a few things
+PyYAML refuses (tabs after a value, some control characters). So the fast
+loader only ever returns a result: on any failure, or on text it might read
+differently, the pure loader reads the file again and decides, with its own
+messages. The constructors are the same Python code for both.
 """
 
 from __future__ import annotations
 
+import bisect
+import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import CollectionNode
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    _AnyLoader: TypeAlias = yaml.SafeLoader | yaml.CSafeLoader
 
 
 class LineMap(dict[Any, Any]):
@@ -37,7 +52,22 @@ class LineList(list[Any]):
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    """The reference loader: its result and its error messages are the contract."""
+
+
+# Text the fast path leaves to the pure loader, where libyaml reads differently: characters
+# PyYAML's reader refuses, tabs (libyaml takes `a: b\tc`, PyYAML does not), the rarer line
+# breaks (line numbers), the non-specific tag `!` (libyaml makes `a: !` a '', PyYAML None)
+# and a comment glued to a block scalar header (`a: |#c`, refused by PyYAML).
+_PURE_ONLY = re.compile(
+    "[\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]"
+    r"|!(?:<!>)?(?:[\s,\[\]{}]|\Z)|[|>][-+0-9]*#"
+)
+_FAST_MAX_DEPTH = 50  # deeper nesting goes to the pure loader, whose recursion limit words it
+
+
+class _Diverges(Exception):
+    """libyaml may have read the text differently: the pure loader reads it again."""
 
 
 def one_line(text: str) -> str:
@@ -45,7 +75,7 @@ def one_line(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
-def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineMap:
+def _mapping(loader: _AnyLoader, node: yaml.MappingNode) -> LineMap:
     explicit = sum(1 for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge")
     loader.flatten_mapping(node)
     merged = len(node.value) - explicit  # `<<:` pairs come first and may be overridden
@@ -67,31 +97,102 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineMap:
     return result
 
 
-def _sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
+def _sequence(loader: _AnyLoader, node: yaml.SequenceNode) -> LineList:
     result = LineList(loader.construct_object(child, deep=True) for child in node.value)
     result.line = node.start_mark.line + 1
     result.item_lines = [child.start_mark.line + 1 for child in node.value]
     return result
 
 
-def _int(loader: _Loader, node: yaml.ScalarNode) -> int:
+def _int(loader: _AnyLoader, node: yaml.ScalarNode) -> int:
     """PyYAML's int, but a number past Python's 4300-digit limit is a config error."""
     try:
-        value: int = yaml.SafeLoader.construct_yaml_int(loader, node)
+        value: int = SafeConstructor.construct_yaml_int(loader, node)
     except ValueError:
         line = node.start_mark.line + 1
         raise ConfigError(f"line {line}: number of {len(node.value)} digits is too long") from None
     return value
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
+def _depth_limited(construct: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def limited(loader: Any, node: Any) -> Any:
+        if loader.depth >= _FAST_MAX_DEPTH:
+            raise _Diverges
+        loader.depth += 1
+        try:
+            return construct(loader, node)
+        finally:
+            loader.depth -= 1
+
+    return limited
+
+
+_MAPPING_TAG = yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG
+_SEQUENCE_TAG = yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG
+_Loader.add_constructor(_MAPPING_TAG, _mapping)
+_Loader.add_constructor(_SEQUENCE_TAG, _sequence)
 _Loader.add_constructor("tag:yaml.org,2002:int", _int)
+
+
+def _fast_loader() -> type[Any] | None:
+    """libyaml's parser under the same constructors, depth-limited; None without libyaml."""
+    if not yaml.__with_libyaml__:
+        return None
+
+    class FastLoader(yaml.CSafeLoader):
+        depth = 0
+
+    FastLoader.add_constructor(_MAPPING_TAG, _depth_limited(_mapping))
+    FastLoader.add_constructor(_SEQUENCE_TAG, _depth_limited(_sequence))
+    FastLoader.add_constructor("tag:yaml.org,2002:int", _int)
+    return FastLoader
+
+
+_FastLoader = _fast_loader()
+
+
+def _load_fast(loader_class: type[Any], text: str) -> Any:
+    """`yaml.load` with libyaml, refusing what PyYAML would have read differently."""
+    loader = loader_class(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if "?" in text and _question_mark_in_flow(node, text):
+            raise _Diverges
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _question_mark_in_flow(root: yaml.Node, text: str) -> bool:
+    """A '?' inside [] or {}: PyYAML reads it as a key indicator even in `[a?b]`, libyaml not."""
+    marks = [match.start() for match in re.finditer(r"\?", text)]
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, CollectionNode) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.flow_style:  # everything inside is flow too: check the span, not the children
+            first = bisect.bisect_left(marks, node.start_mark.index)
+            if first < len(marks) and marks[first] < node.end_mark.index:
+                return True
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(child for pair in node.value for child in pair)
+        else:
+            stack.extend(node.value)
+    return False
 
 
 def load_yaml(path: Path) -> Any:
     """Parse `path`, turning every read or syntax problem into a one-line ConfigError."""
     text = _read(path)
+    if _FastLoader is not None and not _PURE_ONLY.search(text):
+        try:
+            return _load_fast(_FastLoader, text)
+        except Exception:  # any failure: the pure loader below words it
+            pass
     try:
         return yaml.load(text, Loader=_Loader)
     except ConfigError as exc:

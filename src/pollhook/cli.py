@@ -7,11 +7,9 @@ else. Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -86,6 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     example: pollhook run -c sources.yaml
     example: pollhook run --once   # from cron
     """
+    import asyncio
+
     from .daemon import Daemon
 
     config = load_config(args.config or DEFAULT_CONFIG)
@@ -262,6 +262,9 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
     example: pollhook poll tickets --dry-run
     """
+    import asyncio
+    import tempfile
+
     from .daemon import StoreRunner, make_client
     from .poll import dry_run
     from .store import Store

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import functools
 import hashlib
 import os
 import re
@@ -60,6 +61,7 @@ _VAR_RE = re.compile(
 _FUNCTIONS = jmespath.functions.Functions()
 _OWN_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding", "host"})
 _FIELD_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_SPACE_OR_CONTROL_RE = re.compile(r"[\s\x00-\x1f]")  # \s is str.isspace() for str patterns
 
 
 @dataclass(frozen=True)
@@ -107,9 +109,12 @@ class Source:
     failing_after: int = 3
     jitter: float = 0.0
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
-        """Identity of the detection settings: a change re-baselines silently."""
+        """Identity of the detection settings: a change re-baselines silently.
+
+        Cached: every poll compares it, and a Source never changes (a reload makes new ones).
+        """
         text = "\0".join([self.items, self.key, *sorted(self.ignore), *self._format_parts()])
         if self.pagination or self.incremental:  # only when set: older fingerprints stay valid
             text += "\0" + detection_shape(self)
@@ -270,6 +275,9 @@ class _Validator:
         return self.interpolate(str(value), node.key_lines.get(key), f"{where}.{key}")
 
     def interpolate(self, value: str, line: int | None, where: str) -> str:
+        if "$" not in value:  # most values: no substitution to make
+            return value
+
         def replace(match: re.Match[str]) -> str:
             if match.group(0) == "$$":
                 return "$"
@@ -631,7 +639,7 @@ def secret_problem(secret: str) -> str | None:
 
 
 def _is_http_url(url: str) -> bool:
-    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+    if _SPACE_OR_CONTROL_RE.search(url):
         return False
     try:
         parts = urllib.parse.urlsplit(url)
@@ -641,6 +649,7 @@ def _is_http_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
+@functools.lru_cache(maxsize=1024)  # 1,000 sources repeat the same few expressions
 def jmespath_problem(expr: str) -> str | None:
     """Why `expr` is not a usable JMESPath expression, in one line; None if it is."""
     try:

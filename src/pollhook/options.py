@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import difflib
 import re
-import ssl
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,6 +265,8 @@ def _auth(v: _Validator, node: LineMap, where: str) -> Auth:
 
 
 def _ca_bundle(v: _Validator, node: LineMap, where: str) -> str:
+    import ssl  # only configs with a CA bundle pay for it at load (aiohttp imports it later)
+
     text = v.text(node, "ca_bundle", where)
     path = Path(text).expanduser()
     if not path.is_absolute():

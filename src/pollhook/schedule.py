@@ -11,12 +11,14 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
-
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from typing import TYPE_CHECKING
 
 from .config import Source
 from .poll import PollResult
 from .retry import source_backoff
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 log = logging.getLogger("pollhook.schedule")
 logging.getLogger("apscheduler").setLevel(logging.ERROR)
@@ -33,8 +35,17 @@ class PollSchedule:
 
     def __init__(self, run_poll: Callable[[str], Awaitable[PollResult]]) -> None:
         self.run_poll = run_poll
-        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self._scheduler: AsyncIOScheduler | None = None
         self.sources: dict[str, Source] = {}
+
+    @property
+    def scheduler(self) -> AsyncIOScheduler:
+        """Made on first use: `run --once` never schedules, and importing APScheduler is ~40 ms."""
+        if self._scheduler is None:
+            from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+            self._scheduler = AsyncIOScheduler(timezone=UTC)
+        return self._scheduler
 
     def start(self, sources: Iterable[Source]) -> None:
         self.scheduler.start()
@@ -81,5 +92,5 @@ class PollSchedule:
         return job.next_run_time if job else None
 
     def shutdown(self) -> None:
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
