@@ -407,6 +407,17 @@ BAD: list[Any] = [
     pytest.param("sources: [\n", {}, 2, ["YAML syntax error"], id="yaml-unclosed-flow"),
     pytest.param("x: *nowhere\n", {}, 1, ["nowhere"], id="yaml-unknown-alias"),
     pytest.param("sources: !!python/name:os.system\n", {}, 1, ["tag"], id="yaml-unsafe-tag"),
+    pytest.param(
+        SRC.replace("30s", "!!int"), {}, 4, ["'' is not a valid !!int"], id="yaml-empty-int-tag"
+    ),
+    pytest.param(
+        SRC.replace("30s", "!!float abc"), {}, 4, ["'abc' is not a valid !!float"],
+        id="yaml-bad-float-tag",
+    ),
+    pytest.param(
+        SRC.replace("30s", "!!timestamp"), {}, 4, ["not a valid !!timestamp"],
+        id="yaml-empty-timestamp-tag",
+    ),
     pytest.param("sources:\n  - a\x00\n", {}, 2, ["#x0000"], id="yaml-nul-character"),
     pytest.param("[" * 3000, {}, None, ["nest"], id="yaml-too-deep"),
     pytest.param(

@@ -54,6 +54,22 @@ class LineList(list[Any]):
 class _Loader(yaml.SafeLoader):
     """The reference loader: its result and its error messages are the contract."""
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A type tag that does not fit its value (`interval: !!int`) names its line.
+
+        PyYAML's constructors fail on those with bare IndexError, ValueError or
+        (an empty !!timestamp) AttributeError.
+        """
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, IndexError, TypeError, OverflowError, AttributeError):
+            if not isinstance(node, yaml.ScalarNode):  # our own mapping/list code: a bug
+                raise
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise ConfigError(
+                f"line {node.start_mark.line + 1}: {one_line(repr(node.value))} is not a valid {tag}"
+            ) from None
+
 
 # Text the fast path leaves to the pure loader, where libyaml reads differently: characters
 # PyYAML's reader refuses, tabs (libyaml takes `a: b\tc`, PyYAML does not), the rarer line

@@ -136,16 +136,16 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        if self.metrics_listen:  # first: it turns the metrics on, and polls must be counted
+            host, port = self.metrics_listen
+            self.metrics = MetricsServer(host, port, self._outbox, self._alive)
+            await self.metrics.start()
         self.schedule.start(self.config.sources)
         self.state = "running"
         log.info(
             "running: %d sources, %d subscribers, state %s",
             len(self.config.sources), len(self.config.subscribers), self.db_path,
         )  # fmt: skip
-        if self.metrics_listen:
-            host, port = self.metrics_listen
-            self.metrics = MetricsServer(host, port, self._outbox, self._alive)
-            await self.metrics.start()
         background = [
             asyncio.create_task(self._watch()),
             asyncio.create_task(self._prune_forever()),

@@ -96,7 +96,7 @@ class MetricsServer:
     """`/metrics` in the Prometheus text format, `/healthz` 200 or 503."""
 
     def __init__(self, host: str, port: int, refresh: Refresh, healthy: Health) -> None:
-        enable()  # before any poll can run: the daemon makes this right after scheduling
+        enable()  # before any poll can run: the daemon makes this before scheduling
         self.host, self.port = host, port
         self.refresh, self.healthy = refresh, healthy
         self.runner: web.AppRunner | None = None
