@@ -90,7 +90,7 @@ class Poller:
                 seen=settled.body_digest if settled and not settled.held_deletes else None,
             )  # fmt: skip
             if got.unchanged:
-                await self._unchanged(source.name, state)
+                await self._unchanged(source.name, state, got.fetched)
                 events: list[str] = []
             else:
                 write: PollWrite = await self.db(
@@ -139,15 +139,26 @@ class Poller:
         if self._states is not None:
             self._states[state.name] = state
 
-    async def _unchanged(self, name: str, state: SourceState | None) -> None:
+    async def _unchanged(self, name: str, state: SourceState | None, fetched: Fetched) -> None:
+        """A 304 or the same bytes: batched, unless a failure count or validators change.
+
+        Servers behind a load balancer often send the same body with another
+        node's ETag: the new validators are stored, the body is still not parsed.
+        """
         now = time.time()
-        if state is not None and state.consecutive_failures == 0:
-            self._touched[name] = now
-        else:
-            await self.db(Store.record_unchanged, name, now)
-            if state is not None:
-                self._set_state(replace(state, consecutive_failures=0))
         log.debug("source=%s not modified", name)
+        if state is None:  # a 304 before any commit: only a misbehaving server sends one
+            await self.db(Store.record_unchanged, name, now)
+            return
+        validators = (fetched.etag, fetched.last_modified)
+        moved = fetched.body is not None and validators != (state.etag, state.last_modified)
+        if state.consecutive_failures == 0 and not moved:
+            self._touched[name] = now
+            return
+        await self.db(Store.record_unchanged, name, now, validators if moved else None)
+        if moved:
+            state = replace(state, etag=validators[0], last_modified=validators[1])
+        self._set_state(replace(state, consecutive_failures=0))
 
     def _committed(self, source: Source, state: SourceState | None, write: PollWrite) -> None:
         """Mirror what `Store.commit_poll` just wrote, without reading it back."""
@@ -237,8 +248,8 @@ async def _fetch_items(
     `state` is the settled state (None re-baselines): its ETag and Last-Modified
     make the request conditional (not for paginated sources: page 1 unchanged
     says nothing of page 2) and its cursor is sent in incremental mode. A body
-    whose digest is `seen`, with the same validators, is not parsed again: the
-    same bytes read with the same settings give the same items.
+    whose digest is `seen` is not parsed again: the same bytes read with the
+    same settings give the same items.
     """
     client = clients.get(source)
     params = query(
@@ -258,8 +269,7 @@ async def _fetch_items(
     digest = None
     if source.pagination is None and source.incremental is None:
         digest = await _digest(fetched)
-        validators = (fetched.etag, fetched.last_modified)
-        if seen == digest and state and validators == (state.etag, state.last_modified):
+        if seen == digest:
             return Fetch(fetched, {}, digest, unchanged=True)
     items = await _extract(source, fetched.body, fetched.content_type)
     if source.pagination is not None:

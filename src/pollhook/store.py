@@ -348,14 +348,21 @@ class Store(Outbox):
             ((e.id, sub, now, now, now) for e in events for sub in e.subscribers),
         )
 
-    def record_unchanged(self, source: str, now: float) -> None:
-        """A 304 or identical body: a success that writes no items."""
+    def record_unchanged(
+        self, source: str, now: float, validators: tuple[str | None, str | None] | None = None
+    ) -> None:
+        """A 304 or identical body: a success that writes no items (maybe new validators)."""
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE sources SET last_poll_at = ?, last_success_at = ?, consecutive_failures = 0"
                 " WHERE name = ?",
                 (now, now, source),
             )
+            if validators is not None:
+                conn.execute(
+                    "UPDATE sources SET etag = ?, last_modified = ? WHERE name = ?",
+                    (*validators, source),
+                )
 
     def touch_sources(self, polled: Sequence[tuple[str, float]]) -> None:
         """Record many unchanged polls at once (the poller batches its 304s).
