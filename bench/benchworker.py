@@ -212,11 +212,13 @@ def cmd_large_floor(args: argparse.Namespace) -> None:
 
 def cmd_large_pollhook(args: argparse.Namespace) -> None:
     from pollhook.config import Source, Subscriber
+    from pollhook.daemon import tune_gc
     from pollhook.extract import extract_items, parse_json
     from pollhook.fetch import Fetched
     from pollhook.poll import plan
     from pollhook.store import Store
 
+    tune_gc()  # as the daemon does
     src = Path(args.dir)
     store = Store(Path(args.db))
     source = Source(name="big", url=f"http://{HOST}:1/big", interval=60.0)
