@@ -128,21 +128,26 @@ class DeliveryWorker:
         return [s for s in self.subscribers.values() if s.name not in self.paused]
 
     async def _dispatch(self, now: float) -> float:
-        """Start every due delivery a subscriber has room for; return how long to sleep."""
-        await self._refresh_paused()
-        for sub in self._active():
-            flying = self.in_flight.setdefault(sub.name, set())
-            free = sub.max_in_flight - len(flying)
-            if free <= 0:
-                continue
-            for delivery in await self.db(Store.due_deliveries, sub.name, now, free, set(flying)):
+        """Start every due delivery a subscriber has room for; return how long to sleep.
+
+        One trip to the DB thread per turn (pauses, due deliveries, the next
+        due time): the worker turns after every batch of outcomes, and three
+        hand-offs a turn were a visible share of a busy delivery run.
+        """
+        written = set(self._pause_written)  # a read issued now is sure to show these
+        wanted = [
+            (s.name, s.max_in_flight, set(self.in_flight.get(s.name, ())))
+            for s in self.subscribers.values()
+        ]
+        view: tuple[dict[str, str], dict[str, list[DueDelivery]], float | None] = await self.db(
+            _dispatch_view, wanted, set(self._pausing), now
+        )
+        stored, due, next_due = view
+        self._settle_paused(stored, written)
+        for sub in self._active():  # a pause that began during the read starts nothing
+            for delivery in due.get(sub.name, ()):
                 self._start(sub, delivery)
         # a subscriber with no free slot is woken by its own completions (`_flush`)
-        ready = [
-            s.name for s in self._active() if len(self.in_flight.get(s.name, ())) < s.max_in_flight
-        ]
-        open_ids = {i for name in ready for i in self.in_flight.get(name, ())}
-        next_due: float | None = await self.db(Store.next_due_at, ready, open_ids)
         if next_due is None:
             return IDLE_WAKE
         return min(IDLE_WAKE, max(next_due - now, MIN_WAKE))
@@ -155,6 +160,9 @@ class DeliveryWorker:
         """
         written = set(self._pause_written)  # a read issued now is sure to show these
         stored: dict[str, str] = await self.db(Store.paused_subscribers)
+        self._settle_paused(stored, written)
+
+    def _settle_paused(self, stored: dict[str, str], written: set[str]) -> None:
         for name in written:
             self._pausing.pop(name, None)
         self._pause_written -= written
@@ -229,6 +237,30 @@ class DeliveryWorker:
             delivered[outcome.subscriber] += outcome.new_status == "delivered"
         _log_delivered(batch, delivered)
         self.wake()
+
+
+def _dispatch_view(
+    store: Store, wanted: list[tuple[str, int, set[int]]], pausing: set[str], now: float
+) -> tuple[dict[str, str], dict[str, list[DueDelivery]], float | None]:
+    """On the DB thread: pauses, each subscriber's due deliveries, the next due time.
+
+    `wanted` is (subscriber, max in flight, ids in flight). The next due time
+    covers only subscribers left with a free slot, skipping every delivery
+    that is (or is about to be) in flight.
+    """
+    paused = store.paused_subscribers()
+    due: dict[str, list[DueDelivery]] = {}
+    ready: list[str] = []
+    open_ids: set[int] = set()
+    for name, limit, flying in wanted:
+        if name in paused or name in pausing:
+            continue
+        free = limit - len(flying)
+        due[name] = store.due_deliveries(name, now, free, flying) if free > 0 else []
+        if len(flying) + len(due[name]) < limit:
+            ready.append(name)
+            open_ids |= flying | {d.id for d in due[name]}
+    return paused, due, store.next_due_at(ready, open_ids)
 
 
 async def attempt(client: aiohttp.ClientSession, sub: Subscriber, delivery: DueDelivery) -> Outcome:

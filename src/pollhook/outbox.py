@@ -111,10 +111,14 @@ class Outbox:
                 ((o.new_status, o.attempts, o.next_attempt_at, o.at, o.status_code, o.error,
                   o.delivery_id) for o in outcomes),
             )  # fmt: skip
+            last_success: dict[str, float] = {}  # one row per subscriber, not per delivery
+            for o in outcomes:
+                if o.new_status == "delivered" and o.at > last_success.get(o.subscriber, 0.0):
+                    last_success[o.subscriber] = o.at
             conn.executemany(
                 "INSERT INTO subscribers (name, last_success_at) VALUES (?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET last_success_at = excluded.last_success_at",
-                ((o.subscriber, o.at) for o in outcomes if o.new_status == "delivered"),
+                last_success.items(),
             )
 
     def pause_subscriber(self, name: str, reason: str, now: float) -> None:
