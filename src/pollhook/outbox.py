@@ -22,6 +22,18 @@ import sqlite_utils
 IN_JSON = "(SELECT value FROM json_each(?))"
 
 
+def where_equal(
+    conditions: Iterable[tuple[str, Any]], extra: Sequence[str] = ()
+) -> tuple[str, list[Any]]:
+    """A WHERE clause: `column = ?` for each condition whose value is set, and `extra`."""
+    parts, args = list(extra), []
+    for column, value in conditions:
+        if value:
+            parts.append(f"{column} = ?")
+            args.append(value)
+    return " AND ".join(parts) or "1 = 1", args
+
+
 @dataclass(frozen=True)
 class DueDelivery:
     """A delivery ready for its next attempt."""
@@ -151,23 +163,17 @@ class Outbox:
         self, *, status: str | None = None, subscriber: str | None = None,
         event_id: str | None = None, limit: int = 50,
     ) -> list[dict[str, Any]]:  # fmt: skip
-        where, args = ["1 = 1"], []
-        if status == "failed":
-            where.append("d.status = 'pending' AND d.attempts > 0")
-        elif status:
-            where.append("d.status = ?")
-            args.append(status)
-        if subscriber:
-            where.append("d.subscriber = ?")
-            args.append(subscriber)
-        if event_id:
-            where.append("d.event_id = ?")
-            args.append(event_id)
+        failed = status == "failed"  # pending after at least one attempt
+        where, args = where_equal(
+            [("d.status", None if failed else status), ("d.subscriber", subscriber),
+             ("d.event_id", event_id)],
+            ["d.status = 'pending' AND d.attempts > 0"] if failed else [],
+        )  # fmt: skip
         sql = (
             "SELECT d.id, d.event_id, e.type, e.source, e.key, d.subscriber, d.status, d.attempts,"
             " d.next_attempt_at, d.created_at, d.updated_at, d.last_status, d.last_error"
             " FROM deliveries d JOIN events e ON e.id = d.event_id"
-            f" WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT ?"
+            f" WHERE {where} ORDER BY d.id DESC LIMIT ?"
         )
         return list(self.db.query(sql, [*args, limit]))
 

@@ -11,6 +11,7 @@ import random
 from typing import Any
 
 from .config import Config
+from .outbox import where_equal
 from .retry import source_backoff
 from .store import Store
 
@@ -98,19 +99,13 @@ def recent_events(
     store: Store, *, source: str | None = None, event_type: str | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
     """Newest events first, each with how its deliveries stand."""
-    where, args = ["1 = 1"], []
-    if source:
-        where.append("e.source = ?")
-        args.append(source)
-    if event_type:
-        where.append("e.type = ?")
-        args.append(event_type)
+    where, args = where_equal([("e.source", source), ("e.type", event_type)])
     sql = (
         "SELECT e.id, e.type, e.source, e.key, e.created_at,"
         " (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id) AS deliveries,"
         " (SELECT COUNT(*) FROM deliveries d WHERE d.event_id = e.id AND d.status = 'delivered')"
         " AS delivered FROM events e"
-        f" WHERE {' AND '.join(where)} ORDER BY e.created_at DESC, e.id DESC LIMIT ?"
+        f" WHERE {where} ORDER BY e.created_at DESC, e.id DESC LIMIT ?"
     )
     return list(store.db.query(sql, [*args, limit]))
 
