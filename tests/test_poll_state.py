@@ -23,7 +23,7 @@ from pollhook.daemon import Daemon
 from pollhook.store import _MIGRATIONS, HASH_CACHE_MIN, SCHEMA_VERSION, PollWrite, Store
 
 from conftest import query
-from servers import Upstream
+from servers import WAIT, Upstream
 
 Rounds = Callable[[Callable[[Daemon], Awaitable[None]]], None]
 
@@ -236,3 +236,37 @@ def test_only_large_sources_keep_their_hashes_after_a_commit(tmp_path: Path) -> 
         assert len(store._hashes["large"]) == HASH_CACHE_MIN
     finally:
         store.close()
+
+
+def test_run_once_gives_each_host_its_own_workers(tmp_path: Path, write_config: Any) -> None:
+    """A slow host holds back only its own sources, and never more than max_per_host."""
+    slow, fast = Upstream([{"id": 1}]), Upstream([{"id": 1}])
+    body = (200, {"content-type": "application/json"}, b'[{"id": 1}]')
+    slow.fault = lambda req, handler: body if slow.release.wait(WAIT) else (500, {}, b"")
+    names = [f"{host}-{i}" for host in ("slow", "fast") for i in range(3)]
+    config = write_config(
+        "http:\n  max_per_host: 1\nsources:\n"
+        + "".join(
+            f"  - name: {name}\n    url: {(slow if name.startswith('slow') else fast).url}/{name}\n"
+            "    interval: 1h\n"
+            for name in names
+        )
+    )
+
+    async def main() -> list[Any]:
+        async with Daemon(load_config(config), tmp_path / "state.db") as daemon:
+            polling = asyncio.ensure_future(daemon.run_once())
+            await asyncio.to_thread(fast.wait_for, 3)  # all of them while slow-0 is held
+            held = len(slow.arrived)
+            slow.release.set()
+            results = await polling
+            return [held, results]
+
+    try:
+        held, results = asyncio.run(main())
+    finally:
+        slow.close()
+        fast.close()
+    assert held == 1  # max_per_host: 1 keeps the other two slow sources waiting
+    assert [(r.source, r.ok) for r in results] == [(name, True) for name in names]
+    assert len(slow.requests) == 3

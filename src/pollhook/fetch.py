@@ -59,13 +59,10 @@ class HostLimits:
         )
         self._next_start: dict[str, float] = {}
 
-    def for_url(self, url: str) -> asyncio.Semaphore:
-        return self._semaphores[_host(url)]
-
     @contextlib.asynccontextmanager
     async def slot(self, url: str) -> AsyncIterator[None]:
         """Hold one of the host's slots; starts are at least `min_delay` apart per host."""
-        host = _host(url)
+        host = host_key(url)
         async with self._semaphores[host]:
             if self.min_delay > 0:
                 now = time.monotonic()
@@ -76,7 +73,8 @@ class HostLimits:
             yield
 
 
-def _host(url: str) -> str:
+def host_key(url: str) -> str:
+    """The unit the per-host limits count: host and port."""
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port}"
 
