@@ -128,3 +128,22 @@ def test_metrics_endpoint_is_scraped_and_healthz_answers(upstream, receiver, wri
     health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
     assert health.status_code == 200 and health.json() == {"status": "ok"}
     assert proc.stop() == 0
+
+
+def test_a_metrics_port_in_use_is_one_clear_line_and_exit_1(tmp_path, write_config):  # type: ignore[no-untyped-def]
+    from conftest import pollhook
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    cfg = write_config("sources:\n  - name: a\n    url: http://127.0.0.1:9/a\n    interval: 1h\n")
+    try:
+        done = pollhook("run", "-c", str(cfg), "--db", str(tmp_path / "s.db"),
+                        "--metrics", f"127.0.0.1:{port}")  # fmt: skip
+    finally:
+        taken.close()
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"pollhook: error: --metrics: cannot listen on 127.0.0.1:{port}")
+    assert "internal error" not in done.stderr

@@ -7,6 +7,7 @@
     ├── SourceError               one poll failed: nothing from it is recorded
     │   ├── FetchError            network, status, size or timeout problem upstream
     │   └── ExtractError          the body does not parse or has the wrong shape
+    ├── ListenError               `--metrics` cannot listen on its address
     └── UsageError                a command was given arguments it cannot act on (exit 2)
 
 Third-party errors (aiohttp, sqlite3, yaml, jmespath) are translated where they
@@ -50,3 +51,7 @@ class FetchError(SourceError):
 
 class ExtractError(SourceError):
     """The body does not parse, or items/keys are not what the config says."""
+
+
+class ListenError(PollhookError):
+    """The metrics listener cannot bind its address (in use, not ours): exit 1, one line."""

@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from .errors import ListenError
+
 if TYPE_CHECKING:
     from aiohttp import web
     from prometheus_client import Counter, Gauge, Histogram
@@ -109,7 +111,15 @@ class MetricsServer:
         app.router.add_get("/healthz", self._healthz)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        await web.TCPSite(self.runner, self.host, self.port).start()
+        try:
+            await web.TCPSite(self.runner, self.host, self.port).start()
+        except OSError as exc:
+            await self.runner.cleanup()
+            self.runner = None
+            reason = exc.strerror or str(exc)
+            raise ListenError(
+                f"--metrics: cannot listen on {self.host}:{self.port}: {reason}"
+            ) from None
         log.info("metrics on http://%s:%d/metrics", self.host, self.port)
 
     async def stop(self) -> None:
