@@ -395,48 +395,33 @@ async def run_cell(
     server_pid: int,
 ) -> CellRun:
     with sniffio_present(kind == "httpx+sniffio"):
-        return await _run_cell(
-            kind, workload, conc, seconds, warmup, max_requests, base, server_pid
+        client = make_client(kind)
+        try:
+            op = make_op(kind, client, workload, base)
+            await drive(op, conc, warmup, max_requests, None)  # opens the connections; not measured
+            gc.collect()
+            lats: list[float] = []
+            m0 = machine_busy_seconds()
+            s0, c0 = proc_cpu_seconds(server_pid), time.process_time()
+            t0 = time.perf_counter()
+            ok, errors, first_error = await drive(op, conc, seconds, max_requests, lats)
+            elapsed = time.perf_counter() - t0
+            s1, c1 = proc_cpu_seconds(server_pid), time.process_time()
+            m1 = machine_busy_seconds()
+        finally:
+            await close_client(kind, client)
+        lats.sort()
+        return CellRun(
+            ok=ok,
+            errors=errors,
+            elapsed=elapsed,
+            p50_ms=pct(lats, 0.50) * 1e3,
+            p99_ms=pct(lats, 0.99) * 1e3,
+            server_cpu=(s1 - s0) / elapsed,
+            other_cpu=max(0.0, (m1 - m0) - (s1 - s0) - (c1 - c0)) / elapsed,
+            client_cpu=(c1 - c0) / elapsed,
+            first_error=first_error,
         )
-
-
-async def _run_cell(
-    kind: str,
-    workload: str,
-    conc: int,
-    seconds: float,
-    warmup: float,
-    max_requests: int,
-    base: str,
-    server_pid: int,
-) -> CellRun:
-    client = make_client(kind)
-    try:
-        op = make_op(kind, client, workload, base)
-        await drive(op, conc, warmup, max_requests, None)  # opens the connections; not measured
-        gc.collect()
-        lats: list[float] = []
-        m0 = machine_busy_seconds()
-        s0, c0 = proc_cpu_seconds(server_pid), time.process_time()
-        t0 = time.perf_counter()
-        ok, errors, first_error = await drive(op, conc, seconds, max_requests, lats)
-        elapsed = time.perf_counter() - t0
-        s1, c1 = proc_cpu_seconds(server_pid), time.process_time()
-        m1 = machine_busy_seconds()
-    finally:
-        await close_client(kind, client)
-    lats.sort()
-    return CellRun(
-        ok=ok,
-        errors=errors,
-        elapsed=elapsed,
-        p50_ms=pct(lats, 0.50) * 1e3,
-        p99_ms=pct(lats, 0.99) * 1e3,
-        server_cpu=(s1 - s0) / elapsed,
-        other_cpu=max(0.0, (m1 - m0) - (s1 - s0) - (c1 - c0)) / elapsed,
-        client_cpu=(c1 - c0) / elapsed,
-        first_error=first_error,
-    )
 
 
 # --------------------------------------------------------------------------- semantics check

@@ -265,8 +265,9 @@ def cmd_poll(args: argparse.Namespace) -> int:
     import asyncio
     import tempfile
 
-    from .daemon import StoreRunner, make_client
+    from .daemon import StoreRunner
     from .poll import dry_run
+    from .request import session
     from .store import Store
 
     if not args.dry_run:
@@ -281,7 +282,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     path = _db_path(args, config)
 
     async def main(db_path: Path) -> int:
-        client = make_client()
+        client = session()
         db = StoreRunner(Store(db_path))
         try:
             write = await dry_run(db, client, config, source)

@@ -45,14 +45,6 @@ FLUSH_EVERY = 5.0  # unchanged polls' last-poll times are written in batches thi
 STUCK_AFTER = 30.0  # the delivery loop turns every second; this long without a turn is stuck
 
 
-def make_client(max_connections: int = 1000) -> aiohttp.ClientSession:
-    """The shared session: aiohttp directly (httpx over it ran at 0.29-0.49x, bench/results/transport.md).
-
-    Call it inside the running loop; idle connections close after 3 s (`request.KEEPALIVE`).
-    """
-    return session(max_connections=max_connections)
-
-
 def tune_gc() -> None:
     """Collect the young generation every 10,000 allocations instead of 700.
 
@@ -113,7 +105,7 @@ class Daemon:
             store.close()
             raise
         self.db = StoreRunner(store)
-        self.client = self._given_client or make_client()
+        self.client = self._given_client or session()  # one pool for polls and deliveries
         self.worker = DeliveryWorker(self.db, self.client, self.config.subscribers)
         self.poller = Poller(self.db, self.client, self.config, on_events=self.worker.wake)
         self.schedule = PollSchedule(self._poll)

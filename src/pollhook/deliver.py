@@ -13,7 +13,6 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -229,13 +228,11 @@ class DeliveryWorker:
             self._outcomes[:0] = batch  # not recorded: the deliveries stay in flight until it is
             self._outcome_ready.set()
             raise
-        delivered: Counter[str] = Counter()
         for outcome in batch:
             self.in_flight.get(outcome.subscriber, set()).discard(outcome.delivery_id)
             _log_failure(outcome)
             _count(outcome)
-            delivered[outcome.subscriber] += outcome.new_status == "delivered"
-        _log_delivered(batch, delivered)
+        _log_delivered(batch)
         self.wake()
 
 
@@ -364,22 +361,25 @@ def _count(o: Outcome) -> None:
         metrics.DELIVERY_SECONDS.labels(o.subscriber).observe(max(o.at - o.detected_at, 0.0))
 
 
-def _log_delivered(batch: list[Outcome], delivered: Counter[str]) -> None:
+def _log_delivered(batch: list[Outcome]) -> None:
     """One INFO line per subscriber and batch: thousands a second would flood the journal.
 
     journald drops a service's messages past its rate limit (10,000 per 30 s by
     default), which would hide the warnings that matter. A batch of one, or any
     batch at `--log-level debug`, is logged delivery by delivery.
     """
+    delivered: dict[str, list[Outcome]] = {}
+    for o in batch:
+        if o.new_status == "delivered":
+            delivered.setdefault(o.subscriber, []).append(o)
     each = log.isEnabledFor(logging.DEBUG)
-    for sub, count in delivered.items():
-        if count == 1 or (count and each):
-            for o in batch:
-                if o.subscriber == sub and o.new_status == "delivered":
-                    log.info("subscriber=%s event=%s delivered (HTTP %s, %.0fms)",
-                             sub, o.event_id, o.status_code, o.duration_ms)  # fmt: skip
-        elif count:
-            log.info("subscriber=%s delivered %d webhooks", sub, count)
+    for sub, done in delivered.items():
+        if len(done) > 1 and not each:
+            log.info("subscriber=%s delivered %d webhooks", sub, len(done))
+            continue
+        for o in done:
+            log.info("subscriber=%s event=%s delivered (HTTP %s, %.0fms)",
+                     sub, o.event_id, o.status_code, o.duration_ms)  # fmt: skip
 
 
 def _log_failure(o: Outcome) -> None:

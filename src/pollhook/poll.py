@@ -147,8 +147,7 @@ class Poller:
         """
         now = time.time()
         log.debug("source=%s not modified", name)
-        if state is None:  # a 304 before any commit: only a misbehaving server sends one
-            await self.db(Store.record_unchanged, name, now)
+        if state is None:  # a 304 before any commit (a misbehaving server): no row to update
             return
         validators = (fetched.etag, fetched.last_modified)
         moved = fetched.body is not None and validators != (state.etag, state.last_modified)
