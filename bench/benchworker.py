@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import hashlib
 import io
 import pstats
@@ -212,13 +213,13 @@ def cmd_large_floor(args: argparse.Namespace) -> None:
 
 def cmd_large_pollhook(args: argparse.Namespace) -> None:
     from pollhook.config import Source, Subscriber
-    from pollhook.daemon import tune_gc
     from pollhook.extract import extract_items, parse_json
     from pollhook.fetch import Fetched
     from pollhook.poll import plan
     from pollhook.store import Store
 
-    tune_gc()  # as the daemon does
+    if args.gc:
+        gc.set_threshold(*(int(x) for x in args.gc.split(",")))
     src = Path(args.dir)
     store = Store(Path(args.db))
     source = Source(name="big", url=f"http://{HOST}:1/big", interval=60.0)
@@ -378,6 +379,7 @@ def main() -> None:
     p.add_argument("--db", required=True)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--gc", help="GC thresholds to run under, e.g. 10000,10,10 (default: Python's)")
     p = sub.add_parser("latency-baseline")
     p.add_argument("--base", required=True)
     p.add_argument("--receiver", required=True)

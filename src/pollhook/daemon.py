@@ -9,7 +9,6 @@ config, keeping the old one if the new file is invalid.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import sqlite3
@@ -45,18 +44,6 @@ FLUSH_EVERY = 5.0  # unchanged polls' last-poll times are written in batches thi
 STUCK_AFTER = 30.0  # the delivery loop turns every second; this long without a turn is stuck
 
 
-def tune_gc() -> None:
-    """Collect the young generation every 10,000 allocations instead of 700.
-
-    A large poll builds ~100k items and their hashes at once, and the default
-    threshold set off collections that walked them over and over: 0.39 s ->
-    0.35 s per 100k-item poll (BENCHMARKS.md, scenario 3), with the same peak
-    RSS (187 MB). The cost: objects in reference cycles may wait for 10,000
-    allocations instead of 700 before they are freed.
-    """
-    gc.set_threshold(10_000, 10, 10)
-
-
 class StoreRunner:
     """Runs Store methods on one dedicated thread: serial access, a free event loop."""
 
@@ -80,7 +67,6 @@ class Daemon:
         self, config: Config, db_path: Path, client: aiohttp.ClientSession | None = None,
         metrics_listen: tuple[str, int] | None = None,
     ) -> None:  # fmt: skip
-        tune_gc()
         self.config = config
         self.metrics_listen = metrics_listen
         self.metrics: MetricsServer | None = None
