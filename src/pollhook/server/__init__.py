@@ -1,5 +1,5 @@
 """What pollhook's HTTP server needs to accept subscriptions from outside its config.
 
 `ssrf`: the guard every API-registered URL passes, at registration and at
-every connection.
+every connection. `tokens`: bearer tokens, their scopes and write limits.
 """
