@@ -288,3 +288,31 @@ def test_a_second_rotation_within_the_overlap_retires_the_oldest_at_once() -> No
 def test_a_secret_never_shows_in_a_repr() -> None:
     secret = new_secret()
     assert secret not in repr(StoredSecret(secret, 5.0))
+
+
+def test_the_callback_in_docs_api_md_verifies() -> None:
+    from aiohttp import web
+
+    async def hooks(request: web.Request) -> web.Response:  # as docs/api.md shows it
+        if request.method == "GET" and request.query.get("hub.mode") == "subscribe":
+            return web.Response(text=request.query["hub.challenge"])
+        return web.Response(status=204)
+
+    async def run() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/pollhook", hooks)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with guarded_session(LOOPBACK) as session:
+                url = URL(f"http://127.0.0.1:{port}/pollhook")
+                await verify_intent(session, url, "tickets", DEFAULT_LEASE)
+                with pytest.raises(VerificationError, match="HTTP 404"):
+                    await verify_intent(session, url.with_path("/other"), "tickets", 60)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(run())
