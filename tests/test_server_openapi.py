@@ -142,6 +142,7 @@ BAD: list[tuple[Any, str, bool]] = [
     ({"url": URL, "format": "template"},
      "format: 'template' is not one of: " + ", ".join(FORMATS), True),
     ({"url": URL, "format": "apprise"}, "format: 'apprise' is not one of", True),
+    ({"url": URL, "format": "x" * 200}, "format: the value is not one of", True),
     ({"url": URL, "when": ""}, "when: must not be empty", True),
     ({"url": URL, "when": 3}, "when: must be a string", True),
     ({"url": URL, "when": "x" * 1001}, "when: is longer than 1000 characters", True),

@@ -34,6 +34,14 @@ _TYPES = {
     "string": "a string",
     "integer": "a whole number",
 }
+_SIMPLE = {
+    "minLength": "must not be empty",
+    "maxLength": "is longer than {} characters",
+    "uniqueItems": "lists the same value twice",
+    "minItems": "must list at least {}",
+    "maxItems": "must list at most {}",
+    "minimum": "must be at least {}",
+}
 _PATTERNS = {
     "url": "must start with http:// or https://",
     "sources": "a source name has only letters, digits, '-' and '_'",
@@ -141,22 +149,13 @@ def message(error: ValidationError) -> str:
         if not path:
             return "the body must be a JSON object"
         return f"{field}must be {_TYPES.get(str(expected), str(expected))}"
-    if keyword == "minLength":
-        return f"{field}must not be empty"
-    if keyword == "maxLength":
-        return f"{field}is longer than {expected} characters"
     if keyword == "pattern":
         return f"{field}{_PATTERNS.get(top, 'has characters that are not allowed')}"
     if keyword == "enum":
-        return f"{field}{instance!r} is not one of: {', '.join(map(str, expected))}"
-    if keyword == "uniqueItems":
-        return f"{field}lists the same value twice"
-    if keyword == "minItems":
-        return f"{field}must list at least {expected}"
-    if keyword == "maxItems":
-        return f"{field}must list at most {expected}"
-    if keyword == "minimum":
-        return f"{field}must be at least {expected}"
+        shown = repr(instance) if len(repr(instance)) <= 100 else "the value"
+        return f"{field}{shown} is not one of: {', '.join(map(str, expected))}"
+    if keyword in _SIMPLE:
+        return field + _SIMPLE[keyword].format(expected)
     return f"{field}is not valid ({keyword})"
 
 
