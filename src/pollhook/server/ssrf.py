@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -293,26 +293,21 @@ class GuardedResolver(AbstractResolver):
         address = literal_address(host)
         if address is not None:  # aiohttp never asks for these; other callers might
             check_address(host, address, self.policy)
-        answers = await self.inner.resolve(host, port, family)
-        allowed = [a for a in answers if self.policy.refusal(answer_address(a)) is None]
+        allowed: list[ResolveResult] = []
+        refused: RefusedURLError | None = None
+        for answer in await self.inner.resolve(host, port, family):
+            try:
+                check_address(host, answer_address(answer), self.policy, resolved=True)
+            except RefusedURLError as exc:
+                refused = refused or exc
+            else:
+                allowed.append(answer)
         if not allowed:
-            refused = _first_refused(host, answers, self.policy)
             raise refused or RefusedURLError(host, "the host does not resolve")
         return allowed
 
     async def close(self) -> None:
         await self.inner.close()
-
-
-def _first_refused(
-    host: str, answers: Iterable[ResolveResult], policy: NetworkPolicy
-) -> RefusedURLError | None:
-    for answer in answers:
-        try:
-            check_address(host, answer_address(answer), policy, resolved=True)
-        except RefusedURLError as exc:
-            return exc
-    return None
 
 
 class GuardedConnector(aiohttp.TCPConnector):
