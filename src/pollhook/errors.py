@@ -8,7 +8,16 @@
     │   ├── FetchError            network, status, size or timeout problem upstream
     │   └── ExtractError          the body does not parse or has the wrong shape
     ├── ListenError               `--metrics` cannot listen on its address
-    └── UsageError                a command was given arguments it cannot act on (exit 2)
+    ├── UsageError                a command was given arguments it cannot act on (exit 2)
+    ├── RefusedURLError           an API-registered URL may not be reached (form, SSRF guard)
+    ├── VerificationError         a callback did not confirm intent (WebSub challenge)
+    └── ApiError                  an API request refused: a 4xx with a JSON `{error}`
+        ├── BadRequest            400: the body or a parameter is invalid
+        ├── Unauthorized          401: no token, or an unknown one
+        ├── Forbidden             403: the token's scope does not allow this
+        ├── NotFound              404: no such subscription (or not the token's own)
+        ├── Conflict              409: it exists already, or a verification is under way
+        └── RateLimited           429: the token's write budget is spent; see `retry_after`
 
 Third-party errors (aiohttp, sqlite3, yaml, jmespath) are translated where they
 enter; only the CLI turns these into messages and exit codes.
@@ -55,3 +64,64 @@ class ExtractError(SourceError):
 
 class ListenError(PollhookError):
     """The metrics listener cannot bind its address (in use, not ours): exit 1, one line."""
+
+
+class RefusedURLError(PollhookError):
+    """A URL from the API is refused: its form, or an address outside `allow_networks`.
+
+    The message names the host and the reason, never the path or query (which
+    may carry the receiver's own secret).
+    """
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"url refused for host {host!r}: {reason}")
+        self.host = host
+        self.reason = reason
+
+
+class VerificationError(PollhookError):
+    """The callback did not prove intent: wrong echo, error status, timeout, refused URL."""
+
+
+class ApiError(PollhookError):
+    """An API request is answered with `status` and `{"error": message}`."""
+
+    status = 400
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this answer needs (RFC 6750, RFC 9110)."""
+        return {}
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="pollhook"'}
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class RateLimited(ApiError):
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
