@@ -1,0 +1,88 @@
+"""Chat and notification targets: presets, templates, Apprise, `when:`, digests, `rate:`.
+
+Everything a subscriber's `format:` needs, in one package that imports
+nothing from pollhook but `pollhook.errors` and does no I/O. jinja2 is
+imported on first use, so loading a config without templates costs nothing.
+
+Config time (compile once, raise TargetConfigError)
+    Target.build(format, *, text=None, template=None, when=None) -> Target
+        `format` one of FORMATS; `text` a Jinja2 line for a preset or apprise;
+        `template` the mapping {body, content_type?, method?, headers?};
+        `when` a JMESPath expression. Targets compare equal when their config is.
+    check_format(value) -> str
+
+    TargetConfigError (a ConfigError) carries `key`, the subscriber key at
+    fault ("format", "text", "template", "template.body",
+    "template.headers.X-Name", "when", "rate", "url"), and `line`, the line
+    inside a template value (1-based), or None.
+
+Routing time (when an event is built)
+    Target.wants(event) -> bool         the `when:` filter; never raises
+
+Attempt time (from the stored event)
+    envelope(event_id, stored_body) -> dict        {type, id, timestamp, data}
+    Target.renders -> bool              False for standard-webhooks (send stored bytes)
+    Target.render(event) -> HttpMessage | Notification           RenderError
+    Target.render_digest(events) -> HttpMessage | Notification   RenderError
+    HttpMessage(body: bytes, content_type, method, headers); .shown() -> str
+    Notification(title, body); .shown() -> str
+    digest_id(subscriber, first_event_id) -> str   the digest's webhook-id
+
+Wiring into config validation (the subscriber section)
+    1. Allow the subscriber keys format, text, template, when, digest.
+    2. Interpolate `${VAR}` in `text` and the template's strings as for any
+       string, then call
+           Target.build(node.get("format", STANDARD), text=..., template=..., when=...)
+       and turn TargetConfigError into `self.fail(line, where, str(exc))` with
+           top, _, sub = exc.key.partition(".");  line = node.key_lines.get(top, node.line)
+           if sub: line = node[top].key_lines.get(sub.split(".")[0], line)
+           if exc.line: line += exc.line if "\\n" in <the template's text> else 0
+       (a `|` block starts on the line after its key, so template line N is
+       key line + N; a one-line value is on the key's line; `>` folds lines,
+       so there the line is approximate).
+    3. `digest:` is a duration (parse_duration); `Subscriber` gains
+       `target: Target = Target()` and `digest: float | None`.
+
+Wiring into routing and delivery
+    4. build_event: a subscriber with `target.when` gets the event only if
+       `target.wants({"type", "id", "timestamp", "data"})`; build that
+       envelope only when some subscriber has a `when`.
+    5. attempt(): if `sub.target.renders`, render from `envelope(delivery.event_id,
+       delivery.body)` (a digest: the envelopes of its events, in order); a
+       RenderError is `_decide(..., error=str(exc))`, a failed attempt on the
+       retry schedule. An HttpMessage is sent with its method, body,
+       content_type and headers (plus webhook-id/-timestamp, and a signature
+       of the rendered body when the subscriber has a secret). Record
+       `message.shown()` as the sent body for `deliveries --attempts`.
+    6. Digests: the outbox holds a digest subscriber's deliveries for the
+       window, then makes one delivery of them, id `digest_id(sub, first)`.
+    7. send-test NAME: render {"type": "pollhook.test", "id": new_event_id(),
+       "timestamp": iso_timestamp(now), "data": {"subscriber": NAME}} and send it
+       as step 5 does, printing the answer; record nothing.
+"""
+
+from __future__ import annotations
+
+from ._lines import headline, line
+from ._messages import HttpMessage, Message, Notification, envelope
+from ._target import FORMATS, STANDARD, TEMPLATE_KEYS, Target, check_format, digest_id
+from ._template import TEMPLATE_MAX_BYTES
+from ._when import When, compile_when
+
+__all__ = [
+    "FORMATS",
+    "STANDARD",
+    "TEMPLATE_KEYS",
+    "TEMPLATE_MAX_BYTES",
+    "HttpMessage",
+    "Message",
+    "Notification",
+    "Target",
+    "When",
+    "check_format",
+    "compile_when",
+    "digest_id",
+    "envelope",
+    "headline",
+    "line",
+]

@@ -1,0 +1,216 @@
+"""Chat and notification targets against real local servers on 127.0.0.1.
+
+Each preset's body is POSTed to an aiohttp receiver that checks what that
+service documents for its incoming webhooks (shape and limits) and answers
+as the service would (400 on a bad body). Nothing here mocks a transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from pollhook.targets import HttpMessage, Target
+
+PRESETS = ("slack", "discord", "teams", "mattermost", "google-chat", "ntfy")
+TEN_MB = 10 * 1024 * 1024
+
+
+def event(key: str = "42", **item: Any) -> dict[str, Any]:
+    return {
+        "type": "item.updated",
+        "id": f"msg_0192a3b4c5d6e7f8091a2b3c{int(key) % 100:02d}" if key.isdigit() else "msg_x",
+        "timestamp": "2026-11-27T16:00:00.123Z",
+        "data": {
+            "source": "tickets",
+            "key": key,
+            "item": {"id": key, "status": "closed", **item},
+            "previous": {"id": key, "status": "open"},
+            "changes": [{"op": "replace", "path": "/status", "value": "closed"}]
+            + [{"op": "add", "path": f"/{k}", "value": v} for k, v in item.items()],
+        },
+    }
+
+
+# -- receivers that check each service's documented body ------------------------------
+
+
+def _utf16(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def check_slack(body: bytes, headers: Any) -> str:
+    payload = orjson.loads(body)
+    text = payload["text"]
+    assert isinstance(text, str) and 0 < _utf16(text) <= 4000
+    # & < > appear only as Slack's escapes or its own markup
+    rest = text.replace("&amp;", "").replace("&lt;", "").replace("&gt;", "")
+    assert "&" not in rest
+    return str(text)
+
+
+def check_discord(body: bytes, headers: Any) -> str:
+    payload = orjson.loads(body)
+    assert 0 < _utf16(payload["content"]) <= 2000
+    assert payload["allowed_mentions"] == {"parse": []}
+    return str(payload["content"])
+
+
+def check_teams(body: bytes, headers: Any) -> str:
+    assert len(body) <= 28_000
+    payload = orjson.loads(body)
+    assert payload["type"] == "message"
+    (attachment,) = payload["attachments"]
+    assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
+    card = attachment["content"]
+    assert card["type"] == "AdaptiveCard"
+    assert card["$schema"] == "http://adaptivecards.io/schemas/adaptive-card.json"
+    assert card["version"] in ("1.0", "1.1", "1.2", "1.3", "1.4", "1.5")
+    assert card["body"] and all(b["type"] == "TextBlock" for b in card["body"])
+    return "\n".join(b["text"] for b in card["body"])
+
+
+def check_mattermost(body: bytes, headers: Any) -> str:
+    text = orjson.loads(body)["text"]
+    assert 0 < _utf16(text) <= 16383
+    return str(text)
+
+
+def check_google_chat(body: bytes, headers: Any) -> str:
+    assert len(body) <= 32_000
+    return str(orjson.loads(body)["text"])
+
+
+def check_ntfy(body: bytes, headers: Any) -> str:
+    assert headers["content-type"].startswith("text/plain")
+    assert 0 < len(body) <= 4096  # larger bodies would arrive as an attachment
+    title = headers["Title"]
+    assert title.isascii()
+    if title.startswith("=?UTF-8?B?"):
+        title = base64.b64decode(title[10:-2]).decode()
+    return f"{title}\n{body.decode()}"
+
+
+CHECKS: dict[str, Callable[[bytes, Any], str]] = {
+    "slack": check_slack,
+    "discord": check_discord,
+    "teams": check_teams,
+    "mattermost": check_mattermost,
+    "google-chat": check_google_chat,
+    "ntfy": check_ntfy,
+}
+
+
+class Receiver:
+    """An aiohttp app on 127.0.0.1 recording requests; `check` decides 200 or 400."""
+
+    def __init__(self, check: Callable[[bytes, Any], str] | None = None) -> None:
+        self.check = check
+        self.seen: list[tuple[str, dict[str, str], bytes, str]] = []
+        self.status = 200
+        self.hang: asyncio.Event | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if self.hang is not None:
+            await self.hang.wait()
+        text = ""
+        if self.check is not None:
+            try:
+                text = self.check(body, request.headers)
+            except (AssertionError, KeyError, ValueError, TypeError) as exc:
+                return web.Response(status=400, text=f"invalid payload: {exc!r}")
+        self.seen.append((request.method, dict(request.headers), body, text))
+        return web.Response(status=self.status, text="ok")
+
+
+@asynccontextmanager
+async def serve(receiver: Receiver) -> AsyncIterator[str]:
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", receiver.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/hook"
+    finally:
+        if receiver.hang is not None:
+            receiver.hang.set()
+        await runner.cleanup()
+
+
+async def send(session: aiohttp.ClientSession, url: str, message: Any) -> int:
+    """What the delivery worker will do with an HttpMessage."""
+    assert isinstance(message, HttpMessage)
+    headers = {"content-type": message.content_type, **message.headers}
+    async with session.request(message.method, url, data=message.body, headers=headers) as r:
+        return r.status
+
+
+def run(main: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(main())  # type: ignore[arg-type]
+
+
+# -- presets --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", PRESETS)
+def test_each_preset_is_accepted_by_a_receiver_checking_its_documented_body(fmt: str) -> None:
+    """One event, a 12-event digest, and an event with a 10 MB field: all accepted."""
+    receiver = Receiver(CHECKS[fmt])
+    target = Target.build(fmt)
+    messages = [
+        target.render(event()),
+        target.render_digest([event(str(i)) for i in range(12)]),
+        target.render(event(note="<!channel> & " + "é" * TEN_MB)),
+        Target.build(fmt, text="{{ event.data.item.note }}").render(event(note="😀" * 100_000)),
+    ]
+
+    async def main() -> list[int]:
+        async with serve(receiver) as url, aiohttp.ClientSession() as session:
+            return [await send(session, url, m) for m in messages]
+
+    assert run(main) == [200, 200, 200, 200]
+    texts = [seen[3] for seen in receiver.seen]
+    assert "tickets 42 updated" in texts[0] and "open → closed" in texts[0]
+    assert "12 changes in tickets" in texts[1] and texts[1].rstrip().endswith("and 2 more")
+    assert "note added: " in texts[2] and texts[2].endswith("éé…")  # the value shortened
+    assert texts[3].count("😀") > 100 and texts[3].endswith("more characters)")
+
+
+def test_a_template_is_sent_with_its_method_content_type_and_headers() -> None:
+    def check(body: bytes, headers: Any) -> str:
+        assert headers["content-type"] == "application/vnd.api+json"
+        assert headers["X-Source"] == "tickets"
+        return str(orjson.loads(body))
+
+    receiver = Receiver(check)
+    target = Target.build(
+        "template",
+        template={
+            "body": '{"data": {"type": "alert", "attributes": {"summary": {{ line | json }},'
+            ' "key": {{ event.data.key | json }}}}}',
+            "content_type": "application/vnd.api+json",
+            "method": "PATCH",
+            "headers": {"X-Source": "{{ event.data.source }}"},
+        },
+    )
+
+    async def main() -> int:
+        async with serve(receiver) as url, aiohttp.ClientSession() as session:
+            return await send(session, url, target.render(event(key='"}, "x": {"')))
+
+    assert run(main) == 200
+    method, _headers, body, _text = receiver.seen[0]
+    assert method == "PATCH"
+    assert orjson.loads(body)["data"]["attributes"]["key"] == '"}, "x": {"'
