@@ -6,6 +6,7 @@ Bodies sent to real local servers are in test_targets_servers.py.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,17 @@ from pollhook.targets import (
     TEMPLATE_MAX_BYTES,
     HttpMessage,
     Notification,
+    Rate,
+    RateLimiter,
     Target,
     check_format,
     compile_when,
+    default_rate,
     digest_id,
     envelope,
     headline,
     line,
+    parse_rate,
 )
 from pollhook.targets._text import fit, utf16_units
 
@@ -460,6 +465,57 @@ def test_when_that_is_not_valid_jmespath_is_a_config_error(expression: str, frag
     assert fragment in str(err.value)
     assert err.value.key == "when"
     assert "\n" not in str(err.value)
+
+
+# -- rate: ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "interval"),
+    [("1/s", 1.0), ("30/m", 2.0), ("100/h", 36.0), ("2 / min", 30.0), ("0.5/s", 2.0)],
+)
+def test_rates_parse_to_an_interval(text: str, interval: float) -> None:
+    assert parse_rate(text).interval == pytest.approx(interval)
+
+
+@pytest.mark.parametrize("value", ["fast", "1/fortnight", "0/s", "5000/s", "1", 5, None])
+def test_a_rate_that_is_not_a_rate_is_a_config_error(value: Any) -> None:
+    with pytest.raises(TargetConfigError) as err:
+        parse_rate(value)
+    assert err.value.key == "rate"
+    assert "'rate'" in str(err.value)
+
+
+def test_rate_fast_says_what_a_rate_looks_like() -> None:
+    with pytest.raises(TargetConfigError, match=r"'fast' is not a rate like 1/s, 30/m or 100/h"):
+        parse_rate("fast")
+
+
+def test_slack_defaults_to_one_message_a_second() -> None:
+    assert default_rate("slack") == Rate(1.0, 1.0)
+    assert default_rate("discord") is None
+    assert default_rate("teams") is None  # 4/s, but also 100/h: no default fits both
+    assert str(parse_rate("30/m")) == "30/m"
+
+
+def test_rate_limiter_spaces_requests_without_sleeping() -> None:
+    now = [100.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    limiter = RateLimiter(parse_rate("2/s"), clock=lambda: now[0], sleep=sleep)
+
+    async def main() -> list[float]:
+        waits = [await limiter.wait() for _ in range(4)]  # a burst at one instant
+        now[0] += 10.0  # a long pause: the next one goes at once, no stored-up burst
+        waits.append(await limiter.wait())
+        waits.append(await limiter.wait())
+        return waits
+
+    assert asyncio.run(main()) == [0.0, 0.5, 1.0, 1.5, 0.0, 0.5]
+    assert slept == [0.5, 1.0, 1.5, 0.5]
 
 
 # -- formats at config time -----------------------------------------------

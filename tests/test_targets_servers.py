@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +20,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from pollhook.targets import HttpMessage, Target
+from pollhook.targets import HttpMessage, RateLimiter, Target, parse_rate
 
 PRESETS = ("slack", "discord", "teams", "mattermost", "google-chat", "ntfy")
 TEN_MB = 10 * 1024 * 1024
@@ -214,3 +216,28 @@ def test_a_template_is_sent_with_its_method_content_type_and_headers() -> None:
     method, _headers, body, _text = receiver.seen[0]
     assert method == "PATCH"
     assert orjson.loads(body)["data"]["attributes"]["key"] == '"}, "x": {"'
+
+
+# -- rate: ----------------------------------------------------------------------------
+
+
+def test_rate_limiter_spaces_real_requests() -> None:
+    """Five concurrent sends at 20/s start at least 50 ms apart (a lower bound only)."""
+    receiver = Receiver(check_slack)
+    limiter = RateLimiter(parse_rate("20/s"))
+    message = Target.build("slack").render(event())
+    started: list[float] = []
+
+    async def one(session: aiohttp.ClientSession, url: str) -> int:
+        await limiter.wait()
+        started.append(time.monotonic())
+        return await send(session, url, message)
+
+    async def main() -> list[int]:
+        async with serve(receiver) as url, aiohttp.ClientSession() as session:
+            return list(await asyncio.gather(*(one(session, url) for _ in range(5))))
+
+    assert run(main) == [200] * 5
+    assert len(receiver.seen) == 5
+    gaps = [b - a for a, b in itertools.pairwise(started)]
+    assert min(gaps) >= 0.05 - 0.005  # asyncio may wake up to its clock resolution early

@@ -9,6 +9,7 @@ Config time (compile once, raise TargetConfigError)
         `format` one of FORMATS; `text` a Jinja2 line for a preset or apprise;
         `template` the mapping {body, content_type?, method?, headers?};
         `when` a JMESPath expression. Targets compare equal when their config is.
+    parse_rate(value) -> Rate;  default_rate(format) -> Rate | None
     check_format(value) -> str
 
     TargetConfigError (a ConfigError) carries `key`, the subscriber key at
@@ -26,13 +27,16 @@ Attempt time (from the stored event)
     Target.render_digest(events) -> HttpMessage | Notification   RenderError
     HttpMessage(body: bytes, content_type, method, headers); .shown() -> str
     Notification(title, body); .shown() -> str
+    RateLimiter(rate, clock=..., sleep=...); await .wait() -> float
     digest_id(subscriber, first_event_id) -> str   the digest's webhook-id
 
 Wiring into config validation (the subscriber section)
-    1. Allow the subscriber keys format, text, template, when, digest.
+    1. Allow the subscriber keys format, text, template, when, digest, rate.
     2. Interpolate `${VAR}` in `text` and the template's strings as for any
-       string, then call
-           Target.build(node.get("format", STANDARD), text=..., template=..., when=...)
+       string, then, in one try block:
+           target = Target.build(node.get("format", STANDARD), text=..., template=...,
+                                 when=...)
+           rate = parse_rate(node["rate"]) if "rate" in node else default_rate(target.format)
        and turn TargetConfigError into `self.fail(line, where, str(exc))` with
            top, _, sub = exc.key.partition(".");  line = node.key_lines.get(top, node.line)
            if sub: line = node[top].key_lines.get(sub.split(".")[0], line)
@@ -41,7 +45,7 @@ Wiring into config validation (the subscriber section)
        key line + N; a one-line value is on the key's line; `>` folds lines,
        so there the line is approximate).
     3. `digest:` is a duration (parse_duration); `Subscriber` gains
-       `target: Target = Target()` and `digest: float | None`.
+       `target: Target = Target()`, `rate: Rate | None`, `digest: float | None`.
 
 Wiring into routing and delivery
     4. build_event: a subscriber with `target.when` gets the event only if
@@ -53,7 +57,9 @@ Wiring into routing and delivery
        retry schedule. An HttpMessage is sent with its method, body,
        content_type and headers (plus webhook-id/-timestamp, and a signature
        of the rendered body when the subscriber has a secret). Record
-       `message.shown()` as the sent body for `deliveries --attempts`.
+       `message.shown()` as the sent body for `deliveries --attempts`. Before
+       sending, `await limiter.wait()` on the subscriber's RateLimiter (kept
+       per subscriber, made anew when `rate` changes).
     6. Digests: the outbox holds a digest subscriber's deliveries for the
        window, then makes one delivery of them, id `digest_id(sub, first)`.
     7. send-test NAME: render {"type": "pollhook.test", "id": new_event_id(),
@@ -65,11 +71,13 @@ from __future__ import annotations
 
 from ._lines import headline, line
 from ._messages import HttpMessage, Message, Notification, envelope
+from ._rate import DEFAULT_RATES, Rate, RateLimiter, default_rate, parse_rate
 from ._target import FORMATS, STANDARD, TEMPLATE_KEYS, Target, check_format, digest_id
 from ._template import TEMPLATE_MAX_BYTES
 from ._when import When, compile_when
 
 __all__ = [
+    "DEFAULT_RATES",
     "FORMATS",
     "STANDARD",
     "TEMPLATE_KEYS",
@@ -77,12 +85,16 @@ __all__ = [
     "HttpMessage",
     "Message",
     "Notification",
+    "Rate",
+    "RateLimiter",
     "Target",
     "When",
     "check_format",
     "compile_when",
+    "default_rate",
     "digest_id",
     "envelope",
     "headline",
     "line",
+    "parse_rate",
 ]
