@@ -7,6 +7,7 @@ Bodies sent to real local servers are in test_targets_servers.py.
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from pollhook.targets import (
     Rate,
     RateLimiter,
     Target,
+    check_apprise_url,
     check_format,
     compile_when,
     default_rate,
@@ -518,7 +520,7 @@ def test_rate_limiter_spaces_requests_without_sleeping() -> None:
     assert slept == [0.5, 1.0, 1.5, 0.5]
 
 
-# -- formats at config time -----------------------------------------------
+# -- formats and Apprise at config time -----------------------------------------------
 
 
 def test_unknown_format_says_did_you_mean() -> None:
@@ -577,3 +579,25 @@ def test_targets_compare_by_their_config() -> None:
         "slack", text="{{ line }}", when="type"
     )
     assert Target.build("slack", text="a") != Target.build("slack", text="b")
+
+
+def test_apprise_url_with_a_typo_in_its_scheme() -> None:
+    with pytest.raises(
+        TargetConfigError, match=r"no service 'jsn://' \(did you mean 'json://'\?\)"
+    ):
+        check_apprise_url("jsn://127.0.0.1:8000/hook")
+
+
+def test_apprise_url_apprise_cannot_use() -> None:
+    with pytest.raises(TargetConfigError, match="cannot use this tgram:// URL") as err:
+        check_apprise_url("tgram://")
+    assert err.value.key == "url"
+
+
+def test_apprise_not_installed_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "apprise", None)  # what `import apprise` sees without it
+    with pytest.raises(TargetConfigError) as err:
+        check_apprise_url("mailto://user:pass@example.com")
+    assert str(err.value) == (
+        "format 'apprise' needs the Apprise library: pip install 'pollhook[apprise]'"
+    )

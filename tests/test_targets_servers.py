@@ -2,7 +2,9 @@
 
 Each preset's body is POSTed to an aiohttp receiver that checks what that
 service documents for its incoming webhooks (shape and limits) and answers
-as the service would (400 on a bad body). Nothing here mocks a transport.
+as the service would (400 on a bad body); Apprise sends through its own
+`json://` plugin to an aiohttp receiver and its `mailto://` plugin to an
+aiosmtpd SMTP server. Nothing here mocks a transport.
 """
 
 from __future__ import annotations
@@ -10,17 +12,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from email import message_from_bytes
+from email.header import decode_header, make_header
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from aiosmtpd.controller import Controller
 
-from pollhook.targets import HttpMessage, RateLimiter, Target, parse_rate
+from pollhook.errors import NotifyError
+from pollhook.targets import (
+    AppriseSender,
+    HttpMessage,
+    Notification,
+    RateLimiter,
+    Target,
+    parse_rate,
+)
 
 PRESETS = ("slack", "discord", "teams", "mattermost", "google-chat", "ntfy")
 TEN_MB = 10 * 1024 * 1024
@@ -241,3 +256,140 @@ def test_rate_limiter_spaces_real_requests() -> None:
     assert len(receiver.seen) == 5
     gaps = [b - a for a, b in itertools.pairwise(started)]
     assert min(gaps) >= 0.05 - 0.005  # asyncio may wake up to its clock resolution early
+
+
+# -- Apprise --------------------------------------------------------------------------
+
+
+def test_apprise_json_reaches_a_local_receiver() -> None:
+    receiver = Receiver()
+
+    async def main() -> None:
+        async with serve(receiver) as url:
+            sender = AppriseSender(url.replace("http://", "json://"))
+            await sender.send(Target.build("apprise").render(event()), timeout=10)  # type: ignore[arg-type]
+
+    run(main)
+    (method, _headers, body, _text) = receiver.seen[0]
+    assert method == "POST"
+    payload = orjson.loads(body)
+    assert payload["title"] == "tickets 42 updated"
+    assert payload["message"] == "tickets 42 updated: status open → closed"
+
+
+class _Mailbox:
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope)
+        return "250 OK"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_apprise_mailto_reaches_a_local_smtp_server() -> None:
+    mailbox = _Mailbox()
+    port = _free_port()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        sender = AppriseSender(
+            f"mailto://127.0.0.1:{port}?from=pollhook@example.com&to=ops@example.com&mode=insecure"
+        )
+        digest = Target.build("apprise").render_digest([event(str(i)) for i in range(12)])
+        run(lambda: sender.send(digest, timeout=10))  # type: ignore[arg-type]
+    finally:
+        controller.stop()
+    (envelope,) = mailbox.messages
+    assert envelope.mail_from == "pollhook@example.com"
+    assert envelope.rcpt_tos == ["ops@example.com"]
+    mail = message_from_bytes(envelope.content)
+    assert str(make_header(decode_header(mail["Subject"]))) == "12 changes in tickets"
+    text = mail.get_payload(decode=True).decode()
+    assert "• tickets 0 updated: status open → closed" in text
+    assert "and 2 more" in text
+
+
+def test_apprise_refused_is_a_notify_error_with_its_log_and_no_secret(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)  # as `--log-level debug`: Apprise logs its URLs at DEBUG
+    port = _free_port()  # nothing listens there
+    sender = AppriseSender(f"json://bob:hunter2pass@127.0.0.1:{port}/hook?token=s3cr3tt0ken")
+    assert "hunter2pass" not in repr(sender) and repr(sender) == "AppriseSender(json://***)"
+    with pytest.raises(NotifyError) as err:
+        run(lambda: sender.send(Notification("t", "b"), timeout=10))
+    message = str(err.value)
+    assert "Connection error" in message  # Apprise's own words for that call
+    for secret in ("hunter2pass", "s3cr3tt0ken", "bob", str(port)):
+        assert secret not in message
+        assert secret not in caplog.text
+    assert "\n" not in message
+
+
+def test_apprise_error_status_is_a_notify_error_without_apprise_retries() -> None:
+    receiver = Receiver()
+    receiver.status = 503
+
+    async def main() -> None:
+        async with serve(receiver) as url:
+            sender = AppriseSender(url.replace("http://", "json://") + "?retry=3")
+            await sender.send(Notification("t", "b"), timeout=10)
+
+    with pytest.raises(NotifyError, match="503"):
+        run(main)
+    assert len(receiver.seen) == 1  # the URL's `retry=3` is overridden: pollhook retries
+
+
+def test_apprise_timeout_is_a_notify_error_and_holds_the_subscriber_turn() -> None:
+    """A hung endpoint: the wait gives up, and the next call waits for the thread to end."""
+    receiver = Receiver()
+
+    async def main() -> tuple[str, float]:
+        receiver.hang = asyncio.Event()
+        async with serve(receiver) as url:
+            sender = AppriseSender(url.replace("http://", "json://"))
+            with pytest.raises(NotifyError) as err:
+                await sender.send(Notification("t", "first"), timeout=0.3)
+            second = asyncio.create_task(sender.send(Notification("t", "second"), timeout=10))
+            blocked = sender._lock is not None and sender._lock.locked()  # the first still runs
+            receiver.hang.set()  # the first call's request now completes
+            receiver.hang = None
+            await second
+            return str(err.value), float(blocked)
+
+    message, blocked = run(main)
+    assert message == "Apprise did not answer within 0.3s"
+    assert blocked == 1.0  # one Apprise object never runs two calls at once
+    assert [orjson.loads(seen[2])["message"] for seen in receiver.seen] == ["first", "second"]
+
+
+def test_concurrent_apprise_calls_each_get_their_own_log() -> None:
+    """Two subscribers failing at once: each error is its own call's log, never the other's."""
+    failing = Receiver()
+    failing.status = 503
+    refused_port = _free_port()
+
+    async def main() -> list[BaseException | None]:
+        async with serve(failing) as url:
+            senders = [
+                AppriseSender(url.replace("http://", "json://")),
+                AppriseSender(f"json://127.0.0.1:{refused_port}/hook"),
+            ]
+            results = await asyncio.gather(
+                *(s.send(Notification("t", "b"), timeout=10) for s in senders for _ in range(3)),
+                return_exceptions=True,
+            )
+            return list(results)
+
+    errors = [str(e) for e in run(main)]
+    assert len(errors) == 6
+    for text in errors[:3]:
+        assert "503" in text and "Connection error" not in text
+    for text in errors[3:]:
+        assert "Connection error" in text and "503" not in text

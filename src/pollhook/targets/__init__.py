@@ -1,8 +1,9 @@
 """Chat and notification targets: presets, templates, Apprise, `when:`, digests, `rate:`.
 
 Everything a subscriber's `format:` needs, in one package that imports
-nothing from pollhook but `pollhook.errors` and does no I/O. jinja2 is
-imported on first use, so loading a config without templates costs nothing.
+nothing from pollhook but `pollhook.errors` and does no I/O except Apprise's
+(docs/targets.md is the user's page). jinja2, asyncio and apprise are
+imported on first use, so loading a config without them costs nothing.
 
 Config time (compile once, raise TargetConfigError)
     Target.build(format, *, text=None, template=None, when=None) -> Target
@@ -10,6 +11,7 @@ Config time (compile once, raise TargetConfigError)
         `template` the mapping {body, content_type?, method?, headers?};
         `when` a JMESPath expression. Targets compare equal when their config is.
     parse_rate(value) -> Rate;  default_rate(format) -> Rate | None
+    check_apprise_url(url) -> None      Apprise installed, scheme known, URL usable
     check_format(value) -> str
 
     TargetConfigError (a ConfigError) carries `key`, the subscriber key at
@@ -27,16 +29,19 @@ Attempt time (from the stored event)
     Target.render_digest(events) -> HttpMessage | Notification   RenderError
     HttpMessage(body: bytes, content_type, method, headers); .shown() -> str
     Notification(title, body); .shown() -> str
+    AppriseSender(url); await .send(notification, timeout) -> None   NotifyError
     RateLimiter(rate, clock=..., sleep=...); await .wait() -> float
     digest_id(subscriber, first_event_id) -> str   the digest's webhook-id
+    redact_url(url) -> str              an Apprise URL as shown anywhere: "tgram://***"
 
 Wiring into config validation (the subscriber section)
     1. Allow the subscriber keys format, text, template, when, digest, rate.
-    2. Interpolate `${VAR}` in `text` and the template's strings as for any
-       string, then, in one try block:
+    2. Interpolate `${VAR}` in `text`, the template's strings and `url` as for
+       any string, then, in one try block:
            target = Target.build(node.get("format", STANDARD), text=..., template=...,
                                  when=...)
            rate = parse_rate(node["rate"]) if "rate" in node else default_rate(target.format)
+           check_apprise_url(url) if target.format == "apprise" else <the http url check>
        and turn TargetConfigError into `self.fail(line, where, str(exc))` with
            top, _, sub = exc.key.partition(".");  line = node.key_lines.get(top, node.line)
            if sub: line = node[top].key_lines.get(sub.split(".")[0], line)
@@ -56,10 +61,13 @@ Wiring into routing and delivery
        RenderError is `_decide(..., error=str(exc))`, a failed attempt on the
        retry schedule. An HttpMessage is sent with its method, body,
        content_type and headers (plus webhook-id/-timestamp, and a signature
-       of the rendered body when the subscriber has a secret). Record
-       `message.shown()` as the sent body for `deliveries --attempts`. Before
-       sending, `await limiter.wait()` on the subscriber's RateLimiter (kept
-       per subscriber, made anew when `rate` changes).
+       of the rendered body when the subscriber has a secret). A Notification
+       goes to the subscriber's one AppriseSender (kept per subscriber, made
+       anew when its url changes on reload) with `sub.timeout`; NotifyError
+       is the attempt's error. Record `message.shown()` as the sent body for
+       `deliveries --attempts`. Before sending, `await limiter.wait()` on the
+       subscriber's RateLimiter (kept per subscriber, made anew when `rate`
+       changes).
     6. Digests: the outbox holds a digest subscriber's deliveries for the
        window, then makes one delivery of them, id `digest_id(sub, first)`.
     7. send-test NAME: render {"type": "pollhook.test", "id": new_event_id(),
@@ -69,6 +77,7 @@ Wiring into routing and delivery
 
 from __future__ import annotations
 
+from ._apprise import INSTALL_HINT, AppriseSender, check_apprise_url, redact_url
 from ._lines import headline, line
 from ._messages import HttpMessage, Message, Notification, envelope
 from ._rate import DEFAULT_RATES, Rate, RateLimiter, default_rate, parse_rate
@@ -79,9 +88,11 @@ from ._when import When, compile_when
 __all__ = [
     "DEFAULT_RATES",
     "FORMATS",
+    "INSTALL_HINT",
     "STANDARD",
     "TEMPLATE_KEYS",
     "TEMPLATE_MAX_BYTES",
+    "AppriseSender",
     "HttpMessage",
     "Message",
     "Notification",
@@ -89,6 +100,7 @@ __all__ = [
     "RateLimiter",
     "Target",
     "When",
+    "check_apprise_url",
     "check_format",
     "compile_when",
     "default_rate",
@@ -97,4 +109,5 @@ __all__ = [
     "headline",
     "line",
     "parse_rate",
+    "redact_url",
 ]
