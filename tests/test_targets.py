@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -601,3 +602,29 @@ def test_apprise_not_installed_says_how_to_install(monkeypatch: pytest.MonkeyPat
     assert str(err.value) == (
         "format 'apprise' needs the Apprise library: pip install 'pollhook[apprise]'"
     )
+
+
+def test_every_example_in_the_docs_builds_and_renders() -> None:
+    """docs/targets.md's YAML examples compile, and render one event and a digest."""
+    docs = (Path(__file__).parents[1] / "docs" / "targets.md").read_text("utf-8")
+    blocks = [b.split("```")[0] for b in docs.split("```yaml\n")[1:]]
+    subscribers = [
+        s for b in blocks for s in (yaml.safe_load(textwrap.dedent(b)) or {}).get("subscribers", [])
+    ]
+    assert subscribers, "docs/targets.md has YAML examples"
+    for sub in subscribers:
+        target = Target.build(
+            sub.get("format", "standard-webhooks"),
+            text=sub.get("text"),
+            template=sub.get("template"),
+            when=sub.get("when"),
+        )
+        if "rate" in sub:
+            parse_rate(sub["rate"])
+        if target.renders:
+            item = {"id": 42, "name": "Widget", "price": 12, "priority": "urgent"}
+            ev = event(item=item, previous={**item, "price": 10})
+            if "digest" not in sub:  # a digest template gets `events`, not `event`
+                target.render(ev)
+            if "digest" in sub or target.template is None:
+                target.render_digest([ev, event(key="43", item=item, previous=item)])
