@@ -90,22 +90,22 @@ class Preset:
 
     name: str
     limit: int  # in `cost` units: for Teams, bytes of the whole body
-    wrap: Callable[[str, str], HttpMessage]  # (title, fitted text) -> the request
+    wrap: Callable[[str, str], HttpMessage] | None  # (title, fitted text) -> the request;
+    # None: Teams, whose card has one TextBlock per line and shares its byte budget (`_card`)
     cost: Cost = utf16_units
     escape: Escape | None = None  # for values from events, never the operator's own text
     backoff: Backoff | None = None
     shown: Cost = len  # characters as the reader sees them, for "… (N more characters)"
-    cards: bool = False  # Teams: one Adaptive Card TextBlock per line
 
     def message(self, title: str, text: str) -> HttpMessage:
         """One event: `title` is its headline, `text` its (already escaped) message."""
-        if self.cards:
+        if self.wrap is None:
             return self._card([text])
         return self.wrap(title, self.fit(text, self.limit))
 
     def digest(self, title: str, lines: Sequence[str]) -> HttpMessage:
         """Many events: the title, then one line per listed event."""
-        if self.cards:
+        if self.wrap is None:
             return self._card([title, *lines], bold_first=True)
         return self.message(title, "\n".join([title, *lines]))
 
@@ -174,7 +174,7 @@ PRESETS: dict[str, Preset] = {
             shown=slack_shown,
         ),
         Preset("discord", DISCORD_CONTENT_MAX, _discord_body),
-        Preset("teams", TEAMS_MESSAGE_MAX, _text_body, cost=json_bytes, cards=True),
+        Preset("teams", TEAMS_MESSAGE_MAX, None, cost=json_bytes),  # an Adaptive Card: `_card`
         Preset("mattermost", MATTERMOST_TEXT_MAX, _text_body, escape=mattermost_escape),
         Preset(
             "google-chat",
