@@ -111,15 +111,8 @@ def test_every_preset_renders_its_documented_body() -> None:
         "content": expected,
         "allowed_mentions": {"parse": []},
     }
-    card = body(Target.build("teams").render(ev))
-    assert card["type"] == "message"
-    (attachment,) = card["attachments"]
-    assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
-    content = attachment["content"]
-    assert content["type"] == "AdaptiveCard"
-    assert content["$schema"] == "http://adaptivecards.io/schemas/adaptive-card.json"
-    assert content["version"] == "1.2"
-    assert content["body"] == [{"type": "TextBlock", "text": expected, "wrap": True}]
+    # the card's documented shape is checked by the receiver in test_targets_servers.py
+    assert text_of("teams", Target.build("teams").render(ev)) == expected
     ntfy = Target.build("ntfy").render(ev)
     assert isinstance(ntfy, HttpMessage)
     assert ntfy.body.decode() == expected
