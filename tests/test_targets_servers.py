@@ -393,3 +393,20 @@ def test_concurrent_apprise_calls_each_get_their_own_log() -> None:
         assert "503" in text and "Connection error" not in text
     for text in errors[3:]:
         assert "Connection error" in text and "503" not in text
+
+
+def test_an_apprise_exception_is_a_notify_error_without_the_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plugin bug quoting its URL: recorded as a failed attempt, the URL scrubbed."""
+    url = "json://bob:hunter2pass@127.0.0.1:9/hook"
+    sender = AppriseSender(url)
+
+    def broken(**kwargs: Any) -> None:
+        raise ValueError(f"cannot post to {url}")
+
+    monkeypatch.setattr(sender._service._apprise, "notify", broken)
+    with pytest.raises(NotifyError) as err:
+        run(lambda: sender.send(Notification("t", "b"), timeout=10))
+    assert str(err.value).startswith("Apprise failed: ValueError: cannot post to ")
+    assert "hunter2pass" not in str(err.value) and "bob" not in str(err.value)

@@ -63,7 +63,7 @@ class AppriseSender:
         return f"AppriseSender({redact_url(self._service.url)})"
 
     async def send(self, note: Notification, timeout: float) -> None:
-        """Notify, or NotifyError (False, exception or timeout). Never blocks the loop.
+        """Notify, or NotifyError (False, an exception, a timeout). Never blocks the loop.
 
         The call holds this subscriber's turn until its thread returns, even
         when the wait for it times out, so one Apprise object never runs twice
@@ -87,6 +87,9 @@ class AppriseSender:
             ok, logged = await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
             raise NotifyError(f"Apprise did not answer within {timeout:g}s") from None
+        except Exception as exc:  # a bug in a plugin: its message may quote the URL
+            detail = self._service.scrub([f"{type(exc).__name__}: {exc}"])
+            raise NotifyError(f"Apprise failed: {detail}") from None
         if not ok:
             raise NotifyError(logged or "Apprise reported a failure and logged nothing")
 
