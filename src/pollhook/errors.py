@@ -2,11 +2,19 @@
 
     PollhookError                 root: everything pollhook raises on purpose
     ├── ConfigError               bad or unreadable configuration (exit code 2)
+    │   └── TargetConfigError     a subscriber's format, text, template, when, rate or
+    │                             Apprise URL is invalid; carries the key and the
+    │                             template's own line for the validator to place
     ├── StateError                the state file cannot be opened, locked or written
     │   └── LockedError           another pollhook process holds the state file
     ├── SourceError               one poll failed: nothing from it is recorded
     │   ├── FetchError            network, status, size or timeout problem upstream
     │   └── ExtractError          the body does not parse or has the wrong shape
+    ├── DeliveryError             one attempt failed before or without an HTTP answer:
+    │   │                         recorded as a failed attempt and retried, never a crash
+    │   ├── RenderError           a template failed for this event (undefined value,
+    │   │                         sandbox, invalid JSON, output over the cap)
+    │   └── NotifyError           Apprise answered False or timed out (its log as the text)
     ├── ListenError               `--metrics` cannot listen on its address
     ├── UsageError                a command was given arguments it cannot act on (exit 2)
     ├── RefusedURLError           an API-registered URL may not be reached (form, SSRF guard)
@@ -32,6 +40,20 @@ class PollhookError(Exception):
 
 class ConfigError(PollhookError):
     """The configuration is invalid; the message names file, line and key."""
+
+
+class TargetConfigError(ConfigError):
+    """A chat/notification setting is invalid; the validator adds file and line.
+
+    `key` is the subscriber key at fault (`format`, `text`, `template.body`,
+    `when`, `rate`, `url`, ...). `line` is the line within a template value
+    (1 = its first line) when the fault is inside one, else None.
+    """
+
+    def __init__(self, message: str, *, key: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.line = line
 
 
 class UsageError(PollhookError):
@@ -60,6 +82,18 @@ class FetchError(SourceError):
 
 class ExtractError(SourceError):
     """The body does not parse, or items/keys are not what the config says."""
+
+
+class DeliveryError(PollhookError):
+    """One attempt failed without an HTTP answer: recorded, retried on the schedule."""
+
+
+class RenderError(DeliveryError):
+    """A template failed for this event; fixing the template repairs a replay."""
+
+
+class NotifyError(DeliveryError):
+    """Apprise reported a failure; the message is its log for that call, secrets removed."""
 
 
 class ListenError(PollhookError):
