@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pollhook import parsing, poll
+from pollhook import parsing
 from pollhook import store as store_module
 from pollhook.config import load_config
 from pollhook.daemon import Daemon

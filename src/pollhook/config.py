@@ -34,6 +34,7 @@ from .errors import ConfigError
 from .options import (
     DEFAULT_MAX_ITEM_SIZE,
     DEFAULT_MAX_ITEMS,
+    MEMORY_HINT,
     SOURCE_KEYS,
     Auth,
     Incremental,
@@ -41,6 +42,7 @@ from .options import (
     Pagination,
     detection_shape,
     parse_delay,
+    parse_memory,
 )
 from .options import source_options as request_options
 
@@ -510,7 +512,7 @@ class _Validator:
             )
         memory = default.max_parse_memory
         if "max_parse_memory" in node:
-            memory = self.convert(node, "max_parse_memory", "http", parse_size, "a size (e.g. 2GB)")
+            memory = self.convert(node, "max_parse_memory", "http", parse_memory, MEMORY_HINT)
         return HttpSettings(
             max_parse_memory=memory,
             parse_workers=self.positive_int(node, "parse_workers", "http", default.parse_workers),

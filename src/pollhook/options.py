@@ -174,10 +174,29 @@ def _limits(v: _Validator, node: LineMap, where: str) -> dict[str, Any]:
         out["redirects"] = value
     if "max_items" in node:
         out["max_items"] = v.positive_int(node, "max_items", where, DEFAULT_MAX_ITEMS)
-    for key, example in (("max_item_size", "1MB"), ("max_parse_memory", "2GB")):
-        if key in node:
-            out[key] = v.convert(node, key, where, parse_size, f"a size (e.g. {example})")
+    if "max_item_size" in node:
+        out["max_item_size"] = v.convert(
+            node, "max_item_size", where, parse_size, "a size (e.g. 1MB)"
+        )
+    if "max_parse_memory" in node:
+        out["max_parse_memory"] = v.convert(
+            node, "max_parse_memory", where, parse_memory, MEMORY_HINT
+        )
     return out
+
+
+MIN_PARSE_MEMORY = 64 * 1024**2  # a parsing worker's interpreter and parsers take ~30 MB
+MEMORY_HINT = "a size of at least 64MiB (e.g. 2GB)"
+
+
+def parse_memory(value: Any) -> int:
+    """A parsing worker's memory cap: a size, at least MIN_PARSE_MEMORY."""
+    from .config import parse_size
+
+    size = parse_size(value)
+    if size < MIN_PARSE_MEMORY:
+        raise ValueError(value)
+    return size
 
 
 # -- requests -------------------------------------------------------------------------

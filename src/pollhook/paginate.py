@@ -114,7 +114,7 @@ def _next(
     if kind == "link":
         if not page.next_link:
             return None
-        target = _same_origin(source, urljoin(url, page.next_link), number)
+        target = _same_origin(source, url, page.next_link, number)
         return target, None, position, target
     if kind in ("page", "offset"):
         if not items or (pagination.size and len(items) < pagination.size):
@@ -132,15 +132,18 @@ def _next(
             " not a string or number"
         )
     if kind == "next_url":
-        target = _same_origin(source, urljoin(url, str(found)), number)
+        target = _same_origin(source, url, str(found), number)
         return target, None, position, target
     assert pagination.param is not None
     return source.url, {pagination.param: str(found)}, position, str(found)
 
 
-def _same_origin(source: Source, target: str, number: int) -> str:
+def _same_origin(source: Source, url: str, link: str, number: int) -> str:
+    """`link` (the upstream's) made absolute against `url`, if it is on the source's origin."""
     want = urlsplit(source.url)
+    target = link
     try:
+        target = urljoin(url, link)
         got = urlsplit(target)
         origin = (got.scheme, got.hostname, got.port)
     except ValueError as exc:  # a bad port or IPv6 address in a link the upstream sent
