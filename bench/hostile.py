@@ -12,6 +12,7 @@ PYTHONPATH to measure another version. Every run is bounded (90 s).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -80,7 +81,7 @@ def run(
     while True:
         for each in [proc.pid, *_children(proc.pid)]:
             peaks[each] = max(peaks.get(each, 0), _hwm(each))
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
         now = time.monotonic() - started
@@ -89,7 +90,7 @@ def run(
             stop_at = now
         if now > LIMIT:
             proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
+            pid, status, _ = os.wait4(proc.pid, 0)
             break
         time.sleep(0.05)  # a sampling period, not a wait for an event
     wall = time.monotonic() - started
@@ -115,10 +116,8 @@ def run(
 def _children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
+        with contextlib.suppress(OSError):  # it ended while we looked
             found += [int(p) for p in task.read_text().split()]
-        except OSError:
-            pass
     return found
 
 
