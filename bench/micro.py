@@ -7,6 +7,7 @@ pinned to CPU 1 when `taskset` is there. Everything stays on 127.0.0.1.
   python bench/micro.py once-304       in-process `run_once` 304 rounds over 1,000 sources
   python bench/micro.py group-commit   1,000 one-item poll writes: one transaction each vs 50
   python bench/micro.py gc-threshold   scenario 3's pollhook stages under several GC thresholds
+  python bench/micro.py parse-overhead JSON bodies of 10 to 100k items: inline vs a parsing worker
 """
 
 from __future__ import annotations
@@ -128,6 +129,59 @@ def gc_threshold(tmp: Path, thresholds: list[str]) -> dict[str, dict[str, float]
     return out
 
 
+def parse_overhead(sizes: list[int]) -> dict[str, dict[str, float]]:
+    """Per body: the inline parse, and a parsing worker's round trip (wall and daemon CPU).
+
+    The worker inherits the pinning, so it shares CPU 1 with the daemon: the
+    wall time is what one core pays; the daemon's CPU is what its loop pays.
+    """
+    import orjson
+
+    from pollhook import parsing
+    from pollhook.config import HttpSettings, Source
+    from pollhook.fetch import Fetched
+    from pollhook.formats import read_page
+
+    def body(n: int) -> bytes:
+        return orjson.dumps([
+            {"id": i, "name": f"item {i}", "status": "open", "tags": ["a", "b"],
+             "updated_at": "2026-11-27T16:00:00Z", "n": i * 3}
+            for i in range(n)
+        ])  # fmt: skip
+
+    async def measure() -> dict[str, dict[str, float]]:
+        source, http, out = Source("s", "http://x/", 1.0), HttpSettings(), {}
+        workers = parsing.Parsers(1)
+        inline_limit, parsing.INLINE_JSON = parsing.INLINE_JSON, 0  # every body to the worker
+        try:
+            for n in sizes:
+                raw = body(n)
+                fetched = Fetched(200, raw, "application/json", None, None)
+                reps = max(5, min(200, 200_000 // n))
+                inline = []
+                for _ in range(reps):
+                    started = time.perf_counter()
+                    read_page(source, raw, "application/json")
+                    inline.append(time.perf_counter() - started)
+                await workers.extract(source, fetched, http, None)  # a started worker
+                walls, cpu = [], time.process_time()
+                for _ in range(reps):
+                    started = time.perf_counter()
+                    await workers.extract(source, fetched, http, None)
+                    walls.append(time.perf_counter() - started)
+                out[f"{n} items, {len(raw) // 1024} KB"] = {
+                    "inline_ms": round(statistics.median(inline) * 1000, 3),
+                    "worker_wall_ms": round(statistics.median(walls) * 1000, 3),
+                    "worker_daemon_cpu_ms": round((time.process_time() - cpu) / reps * 1000, 3),
+                }
+        finally:
+            parsing.INLINE_JSON = inline_limit
+            await workers.aclose()
+        return out
+
+    return asyncio.run(measure())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -136,6 +190,7 @@ def main() -> int:
     sub.add_parser("gc-threshold").add_argument(
         "--thresholds", default="700,10,10;10000,10,10;50000,10,10"
     )
+    sub.add_parser("parse-overhead").add_argument("--sizes", default="10,100,300,1000,10000,100000")
     args = parser.parse_args()
     _pin()
     tmp = Path(tempfile.mkdtemp(prefix="pollhook-micro-"))
@@ -144,6 +199,8 @@ def main() -> int:
             result: object = once_304(tmp, args.rounds)
         elif args.cmd == "group-commit":
             result = group_commit(tmp, args.group)
+        elif args.cmd == "parse-overhead":
+            result = parse_overhead([int(n) for n in args.sizes.split(",")])
         else:
             result = gc_threshold(tmp, args.thresholds.split(";"))
     finally:

@@ -27,10 +27,11 @@ class DaemonProcess:
         self.config, self.db, self.log = config, db, log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *extra: str) -> DaemonProcess:
+    def start(self, *extra: str, prefix: tuple[str, ...] = ()) -> DaemonProcess:
+        """`prefix` runs the daemon under a command, e.g. `prlimit --data=1G` for a memory cap."""
         self._log_file = open(self.log, "ab")  # noqa: SIM115 - closed in wait()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pollhook", "--log-level", "debug", "run",
+            [*prefix, sys.executable, "-m", "pollhook", "--log-level", "debug", "run",
              "-c", str(self.config), "--db", str(self.db), *extra],
             stdout=self._log_file, stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -7,7 +7,10 @@ Properties (hypothesis, bounded example counts so CI stays fast):
 - any body → `parse_json` + `extract_items` (and `formats.read_items` for
   every content type pollhook knows) give items or an ExtractError;
 - the nastiest inputs found this way, run through the real CLI, exit 2
-  (`check`) with one line on stderr and no traceback.
+  (`check`) with one line on stderr and no traceback;
+- hostile bodies of every format (bombs, deep nesting, quadratic parser
+  inputs, a backtracking regex) through the real parsing worker end within
+  the source's timeout under a 128 MiB memory cap, as items or one error.
 
 `FUZZED` counts the inputs tried in this process; docs/reliability.md records it.
 """
@@ -359,7 +362,76 @@ def _source(tmp_path_factory: Any, items: str, key: str) -> Any:
     return _SOURCES[(items, key)]
 
 
+# -- hostile bodies, through the real parsing worker ----------------------------------------
+
+HOSTILE_SECONDS = 3.0  # the source's timeout: the worker is killed when a parse outlives it
+HOSTILE_MEMORY = "128MiB"  # max_parse_memory: the worker's RLIMIT_DATA
+LOL = "<!DOCTYPE lolz [<!ENTITY lol 'lol'>" + "".join(
+    f"<!ENTITY lol{i} '{f'&lol{i - 1};' * 10 if i > 1 else '&lol;' * 10}'>" for i in range(1, 10)
+) + "]>"
+HOSTILE: dict[str, tuple[str, str, bytes]] = {
+    # name: (source options as YAML flow, content type, body)
+    "json: 6M empty objects (40x in memory)": ("{format: json}", "application/json", b"[" + b"{}," * 2_000_000 + b"{}]"),
+    "json: 100k nested arrays": ("{format: json}", "application/json", b"[" * 100_000 + b"]" * 100_000),
+    "json: a 5 MB item": ("{format: json}", "application/json", b'[{"id": 1, "x": "' + b"y" * 5_000_000 + b'"}]'),
+    "feed: entity bomb": ("{format: feed}", "application/rss+xml", b'<?xml version="1.0"?>\n<!DOCTYPE rss [\n<!ENTITY a "' + b"x" * 100_000 + b'">\n]>\n<rss version="2.0"><channel><item><guid>1</guid><title>' + b"&a;" * 10_000 + b"</title></item></channel></rss>"),
+    "feed: billion laughs": ("{format: feed}", "application/rss+xml", (LOL + "<rss version='2.0'><channel><item><title>&lol9;</title></item></channel></rss>").encode()),
+    "feed: 200k unclosed tags": ("{format: feed}", "application/rss+xml", b"<rss version='2.0'><channel>" + b"<item><title>x" * 200_000),
+    "xml: billion laughs": ("{format: xml, items: a.b}", "application/xml", (LOL + "<a><b>&lol9;</b></a>").encode()),
+    "xml: external entity": ("{format: xml, items: a.b}", "application/xml", b'<!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><a><b id="1">&x;</b></a>'),
+    "xml: 200k nested elements": ("{format: xml, items: a}", "application/xml", b"<a>" * 200_000 + b"</a>" * 200_000),
+    "csv: sniffer bait": ("{format: csv}", "text/csv", b"id,name\n" + b',"x' * 300_000),
+    "csv: 10k columns": ("{format: csv}", "text/csv", b",".join(b"c%d" % i for i in range(10_000)) + b"\n" + b"1," * 9_999 + b"1\n"),
+    "text: backtracking regex": ("{format: text, regex: '(a|aa)+$'}", "text/plain", b"a" * 60 + b"!"),
+    "html: 20k blocks with a selector": ("{format: html, selector: p}", "text/html", b"<p>x</p>" * 20_000),
+    "html: 200k nested divs": ("{format: html}", "text/html", b"<div>" * 200_000 + b"x"),
+    "html: unclosed comments": ("{format: html}", "text/html", b"<!--" * 200_000),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_bodies_of_every_format_are_bounded_in_time_and_memory(tmp_path: Path, name: str) -> None:
+    """Each parse ends within the source's timeout (plus the worker's start) under its memory cap.
+
+    It gives items or one clear ExtractError, never hangs, never takes the
+    test process (the daemon's place) down with it.
+    """
+    import asyncio
+
+    from pollhook.fetch import Fetched
+    from pollhook.parsing import Parsers
+
+    options, content_type, body = HOSTILE[name]
+    path = tmp_path / "hostile.yaml"
+    path.write_text(
+        f"http: {{max_parse_memory: {HOSTILE_MEMORY}}}\n"
+        f"sources:\n  - name: h\n    url: http://127.0.0.1:1/\n    interval: 1s\n"
+        f"    timeout: {HOSTILE_SECONDS}s\n    <<: {options}\n"
+    )
+    config = load_config(path, env={})
+    fetched = Fetched(200, body, content_type, None, None)
+
+    async def parse() -> Any:
+        parsers = Parsers(1)
+        try:
+            return await parsers.extract(config.sources[0], fetched, config.http, None)
+        except ExtractError as exc:
+            return exc
+        finally:
+            await parsers.aclose()
+
+    started = time.monotonic()
+    result = asyncio.run(parse())
+    elapsed = time.monotonic() - started
+    assert elapsed < HOSTILE_SECONDS + SLOW, (name, elapsed)
+    assert isinstance(result, ExtractError) or isinstance(result.items, dict), (name, result)
+    if isinstance(result, ExtractError):
+        assert str(result) and "\n" not in str(result)[:200], name
+    FUZZED["hostile"] += 1
+
+
 def test_fuzz_counts_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
     """Prints how many inputs this run tried (it runs last in this module)."""
     with capsys.disabled():
         print(f"\nfuzzed inputs: {dict(FUZZED)} total={sum(FUZZED.values())}")
+

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pollhook import poll
+from pollhook import parsing
 from pollhook import store as store_module
 from pollhook.config import load_config
 from pollhook.daemon import Daemon
@@ -67,7 +67,7 @@ def test_the_same_body_is_not_parsed_again_but_a_change_is(
     rounds: Rounds, upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     upstream.items = [{"id": 1, "v": "a"}]
-    extracted = _count_calls(monkeypatch, poll, "read_items")
+    extracted = _count_calls(monkeypatch, parsing, "read_page")
     db = tmp_path / "state.db"
 
     async def steps(daemon: Daemon) -> None:
@@ -97,7 +97,7 @@ def test_the_digest_survives_a_restart_and_an_older_state_file_gains_it(
     conn.execute("PRAGMA user_version = 2")
     conn.close()
     upstream.items = [{"id": 1}]
-    extracted = _count_calls(monkeypatch, poll, "read_items")
+    extracted = _count_calls(monkeypatch, parsing, "read_page")
 
     async def once(daemon: Daemon) -> None:
         await daemon.run_once()
@@ -114,7 +114,7 @@ def test_the_same_body_with_a_new_etag_is_not_parsed_but_the_etag_is_stored(
 ) -> None:
     """Load-balanced servers send one body under several ETags: keep the newest."""
     upstream.items = [{"id": 1}]
-    extracted = _count_calls(monkeypatch, poll, "read_items")
+    extracted = _count_calls(monkeypatch, parsing, "read_page")
     body = b'[{"id": 1}]'
     replies = iter(
         [

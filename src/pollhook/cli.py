@@ -20,6 +20,7 @@ from .config import Config, default_state_path, load_config, parse_duration
 from .errors import ConfigError, PollhookError, UsageError
 from .logs import setup_logging
 from .output import print_json, print_rows, print_table, when
+from .redact import printable
 
 log = logging.getLogger("pollhook")
 DEFAULT_CONFIG = "sources.yaml"
@@ -98,7 +99,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 results = await daemon.run_once()
                 failed = [r for r in results if not r.ok]
                 for r in failed:
-                    print(f"pollhook: source {r.source} failed: {r.error}", file=sys.stderr)
+                    print(
+                        f"pollhook: source {r.source} failed: {printable(r.error or '')}",
+                        file=sys.stderr,
+                    )
                 return 1 if failed else 0
             await daemon.run()
             return 0

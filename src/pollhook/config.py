@@ -32,6 +32,9 @@ from ._yaml import show as _show
 from .config_formats import FORMAT_KEYS, format_options
 from .errors import ConfigError
 from .options import (
+    DEFAULT_MAX_ITEM_SIZE,
+    DEFAULT_MAX_ITEMS,
+    MEMORY_HINT,
     SOURCE_KEYS,
     Auth,
     Incremental,
@@ -39,6 +42,7 @@ from .options import (
     Pagination,
     detection_shape,
     parse_delay,
+    parse_memory,
 )
 from .options import source_options as request_options
 
@@ -72,6 +76,8 @@ class HttpSettings:
     timeout: float = 30.0
     max_body_size: int = 100 * 1000**2
     min_delay: float = 0.0  # between the starts of two requests to one host
+    max_parse_memory: int = 2 * 1024**3  # of one parsing worker process (parsing.py)
+    parse_workers: int = 2  # parsing worker processes at most
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,11 @@ class Source:
     max_events_per_poll: int | None = None
     failing_after: int = 3
     jitter: float = 0.0
+    # what an untrusted upstream may make of a poll (docs/security.md)
+    redirects: str = "same-origin"  # | any | none
+    max_items: int = DEFAULT_MAX_ITEMS  # items in one poll's body (or pages)
+    max_item_size: int = DEFAULT_MAX_ITEM_SIZE  # bytes of one item's JSON
+    max_parse_memory: int | None = None  # of the parsing worker; None: http.max_parse_memory
 
     @cached_property
     def fingerprint(self) -> str:
@@ -490,7 +501,8 @@ class _Validator:
             return HttpSettings()
         node = self.keys(
             top["http"], "http", top.key_lines["http"], (),
-            ("max_per_host", "timeout", "max_body_size", "min_delay"),
+            ("max_per_host", "timeout", "max_body_size", "min_delay", "max_parse_memory",
+             "parse_workers"),
         )  # fmt: skip
         default = HttpSettings()
         max_body = default.max_body_size
@@ -498,7 +510,12 @@ class _Validator:
             max_body = self.convert(
                 node, "max_body_size", "http", parse_size, "a size (e.g. 100MB)"
             )
+        memory = default.max_parse_memory
+        if "max_parse_memory" in node:
+            memory = self.convert(node, "max_parse_memory", "http", parse_memory, MEMORY_HINT)
         return HttpSettings(
+            max_parse_memory=memory,
+            parse_workers=self.positive_int(node, "parse_workers", "http", default.parse_workers),
             max_per_host=self.positive_int(node, "max_per_host", "http", default.max_per_host),
             timeout=self.duration(node, "timeout", "http", default.timeout),
             max_body_size=max_body,

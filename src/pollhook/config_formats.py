@@ -9,7 +9,6 @@ the whole document and look like it works.
 from __future__ import annotations
 
 import difflib
-import re
 from typing import Any, Protocol
 
 from ._yaml import LineMap
@@ -105,10 +104,12 @@ def _selector(v: _Validator, node: LineMap, where: str) -> str:
 
 
 def _regex(v: _Validator, node: LineMap, where: str) -> str:
+    import regex  # the engine document.regex_text matches with
+
     pattern = v.text(node, "regex", where)
     try:
-        re.compile(pattern)
-    except re.error as exc:
+        regex.compile(pattern)
+    except regex.error as exc:
         raise v.fail(
             node.key_lines["regex"], where, f"'regex': bad regular expression {pattern!r}: {exc}"
         ) from None

@@ -21,7 +21,7 @@ import orjson
 
 from .config import Source
 from .errors import ExtractError
-from .extract import Item, json_text, search
+from .extract import Item, json_text, search, value_of
 
 _FIELD_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _INTEGER_RE = re.compile(r"^-?\d+$")
@@ -48,7 +48,7 @@ def advance(source: Source, stored: str | None, items: Mapping[str, Item]) -> st
     incremental = source.incremental
     if incremental is None:
         return None
-    found = _from_items(incremental.cursor, [item.value for item in items.values()])
+    found = _from_items(incremental.cursor, [value_of(item.value) for item in items.values()])
     if found is None:
         return stored
     if isinstance(found, bool) or not isinstance(found, str | int | float):

@@ -9,6 +9,7 @@ config, keeping the old one if the new file is invalid.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sqlite3
@@ -16,6 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -170,16 +172,42 @@ class Daemon:
 
         async def worker(names: Iterator[str]) -> None:
             for name in names:
+                if self.stopping.is_set():
+                    return
                 results[name] = await self._poll(name)
 
         workers = []
         for names in queues.values():
             turn = iter(names)
             workers += [worker(turn) for _ in range(min(len(names), self.config.http.max_per_host))]
-        await asyncio.gather(*workers)
-        await self._flush()
-        await self.worker.drain_due()
-        return [results[s.name] for s in self.config.sources]
+        polls = asyncio.gather(*workers)
+        with self._stop_on_signals(polls):
+            with contextlib.suppress(asyncio.CancelledError):
+                await polls
+            await self._flush()
+            if not self.stopping.is_set():
+                await self.worker.drain_due()
+        stopped = PollResult(
+            "", ok=False, error="stopped by a signal before this source was polled"
+        )
+        return [results.get(s.name) or replace(stopped, source=s.name) for s in self.config.sources]
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self, polls: asyncio.Future[Any]) -> Iterator[None]:
+        """`run --once`: SIGTERM/SIGINT cancel the polls (and their parsing workers) at once."""
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            self.stop()
+            polls.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
 
     async def _watch(self) -> None:
         """READY once, then STATUS lines and WATCHDOG pings while the parts are alive."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonpatch
 
-from .extract import Item
+from .extract import Item, value_of
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,9 @@ def changes_for(
     delta: Delta, fresh: Mapping[str, Item], previous: Mapping[str, Any]
 ) -> list[Change]:
     """Events for a delta; `previous` holds the stored values of updated and deleted keys."""
-    out = [Change("item.created", key, fresh[key].value, None) for key in delta.created]
+    out = [Change("item.created", key, value_of(fresh[key].value), None) for key in delta.created]
     for key in delta.updated:
-        before, after = previous[key], fresh[key].value
+        before, after = previous[key], value_of(fresh[key].value)
         patch = jsonpatch.make_patch(before, after).patch
         out.append(Change("item.updated", key, after, before, patch))
     out.extend(Change("item.deleted", key, None, previous[key]) for key in delta.deleted)

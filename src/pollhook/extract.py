@@ -23,6 +23,7 @@ import orjson
 from .errors import ExtractError
 
 BOM = b"\xef\xbb\xbf"
+NO_LIMIT = 2**63
 # orjson keeps integers in [-2**63, 2**64 - 1] exact (beyond, it returns a float): the
 # shortest number tokens that may not fit are 20 digits, or a minus and 19. With digits and
 # "-" all mapped to "0" such a token is a run of 20 "0"s; the regex then checks that a run
@@ -36,8 +37,12 @@ class Item(NamedTuple):
     """One upstream item: its identity, the hash change detection uses, its value.
 
     A named tuple rather than a frozen dataclass: the dataclass's __init__
-    (three object.__setattr__ calls) took 57 ms per 100k items, `_new_item`
+    (three object.__setattr__ calls) took 57 ms per 100k items, `new_item`
     builds a named tuple, without any Python-level call, in half that.
+
+    `value` is the item's JSON value, or its compact JSON text as `bytes` when
+    a parsing worker read the body (parsing.py): only the few changed items
+    are ever decoded (`value_of`), and the text is what the store keeps anyway.
     """
 
     key: str
@@ -45,7 +50,7 @@ class Item(NamedTuple):
     value: Any
 
 
-_new_item = partial(tuple.__new__, Item)  # _new_item((key, hash, value))
+new_item = partial(tuple.__new__, Item)  # new_item((key, hash, value)): no Python-level call
 
 
 @lru_cache(maxsize=512)
@@ -95,12 +100,23 @@ def canonical_hash(value: Any) -> str:
 
 
 def stored_json(value: Any) -> bytes:
-    """JSON bytes to keep around (item bodies, event bodies).
+    """JSON bytes to keep around (item bodies, event bodies); an Item's JSON text as it is.
 
     orjson's result keeps its 4 KB working buffer: 100k kept bodies of ~100
     bytes held ~400 MB. An exact-size copy costs ~0.3 µs and holds ~100 bytes.
     """
+    if isinstance(value, bytes):
+        return value
     return bytes(memoryview(orjson.dumps(value)))
+
+
+def value_of(value: Any) -> Any:
+    """An Item's value as JSON data (decoding the text a parsing worker sent)."""
+    return orjson.loads(value) if isinstance(value, bytes) else value
+
+
+def _too_big(size: int, limit: int) -> bool:
+    raise ExtractError(f"an item of {size} bytes exceeds max_item_size {limit}")
 
 
 def _dumps(value: Any, option: int = 0) -> bytes:
@@ -212,18 +228,31 @@ def _field_chain(node: dict[str, Any]) -> list[str] | None:
     return None
 
 
-def extract_items(document: Any, items: str, key: str, ignore: tuple[str, ...]) -> dict[str, Item]:
-    """Items by key, in upstream order; a missing list or a bad/duplicate key fails the poll."""
+def extract_items(
+    document: Any, items: str, key: str, ignore: tuple[str, ...], *,
+    max_items: int | None = None, max_item_size: int | None = None,
+) -> dict[str, Item]:  # fmt: skip
+    """Items by key, in upstream order; a missing list or a bad/duplicate key fails the poll.
+
+    More than `max_items` items, or one whose JSON is over `max_item_size`
+    bytes, fail it too: an upstream must not decide how much one poll holds
+    or how large a webhook gets.
+    """
     found = search(items, document)
     if not isinstance(found, list):
         what = "nothing" if found is None else _JSON_TYPES.get(type(found), type(found).__name__)
         raise ExtractError(f"items {items!r} matched {what}, not a list")
+    if max_items is not None and len(found) > max_items:
+        raise ExtractError(
+            f"{len(found)} items exceed max_items {max_items} (raise it if the source has that many)"
+        )
+    limit = max_item_size or NO_LIMIT
     field = _plain_field(key)
     if field is not None:
-        fast = _field_keyed_items(found, field, ignore)
+        fast = _field_keyed_items(found, field, ignore, limit)
         if fast is not None:
             return fast
-    return _checked_items(found, key, ignore)
+    return _checked_items(found, key, ignore, limit)
 
 
 @lru_cache(maxsize=512)
@@ -234,7 +263,7 @@ def _plain_field(expression: str) -> str | None:
 
 
 def _field_keyed_items(
-    found: list[Any], field: str, ignore: tuple[str, ...]
+    found: list[Any], field: str, ignore: tuple[str, ...], limit: int = NO_LIMIT
 ) -> dict[str, Item] | None:
     """The usual case (object items, a str or int key in one field) at C speed, else None.
 
@@ -255,24 +284,36 @@ def _field_keyed_items(
         if kinds != {str}:
             keys = list(map(str, keys))
         if ignore:
-            hashes = [_ignoring_hash(value, ignore) for value in found]
+            hashes = [sized_hash(value, ignore, limit) for value in found]
         else:
-            dumps, blake2b, sort = orjson.dumps, hashlib.blake2b, orjson.OPT_SORT_KEYS
-            hashes = [blake2b(dumps(v, option=sort), digest_size=16).hexdigest() for v in found]
+            dumps, blake2b = partial(orjson.dumps, option=orjson.OPT_SORT_KEYS), hashlib.blake2b
+            hashes = [
+                blake2b(text, digest_size=16).hexdigest()
+                for text in map(dumps, found)
+                if len(text) <= limit or _too_big(len(text), limit)
+            ]
     except (TypeError, ValueError, ExtractError):  # orjson.JSONEncodeError is a TypeError
         return None
-    items = map(_new_item, zip(keys, hashes, found, strict=True))
+    items = map(new_item, zip(keys, hashes, found, strict=True))
     result = dict(zip(keys, items, strict=True))
     return result if len(result) == len(found) else None  # shorter: a duplicate key
 
 
-def _ignoring_hash(value: Any, ignore: tuple[str, ...]) -> str:
-    digest = canonical_hash(without_paths(value, ignore))
-    _dumps(only_paths(value, ignore))  # what the hash skipped must still serialise
-    return digest
+def sized_hash(value: Any, ignore: tuple[str, ...], limit: int) -> str:
+    """The hash without `ignore`; what it skipped must still serialise, and counts in the size.
+
+    Over `limit` bytes in all is an ExtractError (max_item_size).
+    """
+    text = _dumps(without_paths(value, ignore), orjson.OPT_SORT_KEYS)
+    size = len(text) + (len(_dumps(only_paths(value, ignore))) if ignore else 0)
+    if size > limit:
+        _too_big(size, limit)
+    return hashlib.blake2b(text, digest_size=16).hexdigest()
 
 
-def _checked_items(found: list[Any], key: str, ignore: tuple[str, ...]) -> dict[str, Item]:
+def _checked_items(
+    found: list[Any], key: str, ignore: tuple[str, ...], limit: int = NO_LIMIT
+) -> dict[str, Item]:
     """Any key expression, item by item, naming the first bad item in the error."""
     result: dict[str, Item] = {}
     for index, value in enumerate(found):
@@ -286,9 +327,7 @@ def _checked_items(found: list[Any], key: str, ignore: tuple[str, ...]) -> dict[
         if item_key in result:
             raise ExtractError(f"duplicate key {item_key!r} in one response (item {index})")
         try:
-            digest = canonical_hash(without_paths(value, ignore))
-            if ignore:  # what the hash skipped must still serialise for the store and events
-                _dumps(only_paths(value, ignore))
+            digest = sized_hash(value, ignore, limit)
         except ExtractError as exc:
             raise ExtractError(f"item {index} (key {item_key!r}): {exc}") from None
         result[item_key] = Item(item_key, digest, value)

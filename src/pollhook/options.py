@@ -29,8 +29,12 @@ if TYPE_CHECKING:
 SOURCE_KEYS = (
     "params", "body", "body_json", "body_form", "content_type", "auth", "ca_bundle",
     "verify_tls", "max_body_size", "pagination", "incremental", "mass_delete",
-    "max_events_per_poll", "failing_after", "jitter",
+    "max_events_per_poll", "failing_after", "jitter", "redirects", "max_items", "max_item_size",
+    "max_parse_memory",
 )  # fmt: skip
+REDIRECTS = ("same-origin", "any", "none")
+DEFAULT_MAX_ITEMS = 1_000_000
+DEFAULT_MAX_ITEM_SIZE = 1000**2
 PAGINATION_TYPES = ("link", "next_url", "cursor", "page", "offset")
 _PAGINATION_KEYS = {
     "link": (),
@@ -149,7 +153,50 @@ def source_options(v: _Validator, node: LineMap, where: str) -> dict[str, Any]:
     out["failing_after"] = v.positive_int(node, "failing_after", where, 3)
     if "jitter" in node:
         out["jitter"] = _jitter(v, node, where)
+    out.update(_limits(v, node, where))
     return out
+
+
+def _limits(v: _Validator, node: LineMap, where: str) -> dict[str, Any]:
+    """Where an untrusted upstream may lead pollhook, and how much of it one poll may hold."""
+    from .config import parse_size
+
+    out: dict[str, Any] = {}
+    if "redirects" in node:
+        value = v.text(node, "redirects", where).strip().lower()
+        if value not in REDIRECTS:
+            close = difflib.get_close_matches(value, REDIRECTS, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise v.fail(
+                node.key_lines["redirects"], where,
+                f"'redirects': {value!r} is not one of {', '.join(REDIRECTS)}{hint}",
+            )  # fmt: skip
+        out["redirects"] = value
+    if "max_items" in node:
+        out["max_items"] = v.positive_int(node, "max_items", where, DEFAULT_MAX_ITEMS)
+    if "max_item_size" in node:
+        out["max_item_size"] = v.convert(
+            node, "max_item_size", where, parse_size, "a size (e.g. 1MB)"
+        )
+    if "max_parse_memory" in node:
+        out["max_parse_memory"] = v.convert(
+            node, "max_parse_memory", where, parse_memory, MEMORY_HINT
+        )
+    return out
+
+
+MIN_PARSE_MEMORY = 64 * 1024**2  # a parsing worker's interpreter and parsers take ~30 MB
+MEMORY_HINT = "a size of at least 64MiB (e.g. 2GB)"
+
+
+def parse_memory(value: Any) -> int:
+    """A parsing worker's memory cap: a size, at least MIN_PARSE_MEMORY."""
+    from .config import parse_size
+
+    size = parse_size(value)
+    if size < MIN_PARSE_MEMORY:
+        raise ValueError(value)
+    return size
 
 
 # -- requests -------------------------------------------------------------------------

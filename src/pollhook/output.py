@@ -1,4 +1,10 @@
-"""Human tables and JSON for the inspection commands."""
+"""Human tables and JSON for the inspection commands.
+
+Table cells show what upstreams and receivers chose (item keys, response
+bodies, errors quoting headers), so each is passed through `redact.printable`:
+a key holding an escape sequence or a newline shows as `\x1b` or `\n`
+instead of clearing the screen or forging a row. JSON escapes them already.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from .redact import printable
 
 Column = tuple[str, str, Callable[[Any], str] | None]
 
@@ -27,7 +35,9 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> No
     for row in rows:
         cells.append(
             [
-                "-" if row.get(field) is None and fmt is None else (fmt or str)(row.get(field))
+                "-"
+                if row.get(field) is None and fmt is None
+                else printable((fmt or str)(row.get(field)))
                 for _, field, fmt in columns
             ]
         )

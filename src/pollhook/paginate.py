@@ -15,23 +15,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
 from .config import HttpSettings, Source
 from .errors import ExtractError, FetchError, SourceError
-from .extract import Item, json_text, search
+from .extract import Item, json_text
 from .fetch import Fetched, HostLimits, fetch
-from .formats import parse_source
 from .options import Pagination
+from .parsing import Extracted
 from .request import Params, with_query
 
 log = logging.getLogger("pollhook.paginate")
 
-Extract = Callable[[Fetched], Awaitable[dict[str, Item]]]
-Parse = Callable[[Fetched], Any]
+Extract = Callable[[Fetched], Awaitable[Extracted]]
 
 
 def first_page(source: Source) -> list[tuple[str, str]]:
@@ -49,26 +47,25 @@ def first_page(source: Source) -> list[tuple[str, str]]:
 
 async def more_pages(
     client: aiohttp.ClientSession, source: Source, http: HttpSettings, limits: HostLimits,
-    first: Fetched, items: dict[str, Item], params: Params, extract: Extract,
-    parse: Parse | None = None,
+    first: Fetched, extracted: Extracted, params: Params, extract: Extract,
 ) -> dict[str, Item]:  # fmt: skip
     """Fetch the pages after `first` and merge their items (a key seen again: the later wins).
 
-    `extract` keys a page's items as the first page's were; `parse` (for a
-    `next` expression) gives a page's document, by default in the source's format.
+    `extract` parses a page as the first page was (in a parsing worker, with
+    what its `next` expression finds). Every page after the first is fetched
+    with `redirects: same-origin`, whatever the source says: a redirect must
+    not take a page where a next link may not go.
     """
     pagination = source.pagination
-    if parse is None:
-        parse = lambda page: parse_source(source, page.body or b"", page.content_type).value  # noqa: E731
     assert pagination is not None and first.body is not None
     budget = (source.max_body_size or http.max_body_size) - len(first.body)
-    merged = dict(items)
-    url, page, last, number = source.url, first, items, 1
+    merged = dict(extracted.items)
+    url, page, last, number = source.url, first, extracted, 1
     position = pagination.start
     seen_urls = {str(with_query(source.url, params))}
     seen_cursors: set[str] = set()
     while True:
-        step = _next(pagination, source, url, page, last, position, parse, number)
+        step = _next(pagination, source, url, page, last, position, number)
         if step is None:
             log.debug("source=%s %d pages, %d items", source.name, number, len(merged))
             return merged
@@ -90,7 +87,7 @@ async def more_pages(
             page = await fetch(
                 client, source, http, limits, url=url,
                 params=None if next_params is None else params.merge(next_params),
-                max_body=budget,
+                max_body=budget, redirects="none" if source.redirects == "none" else "same-origin",
             )  # fmt: skip
             if page.body is None:
                 raise FetchError("304 Not Modified to a request that was not conditional")
@@ -98,24 +95,26 @@ async def more_pages(
             last = await extract(page)
         except SourceError as exc:
             raise type(exc)(f"page {number}: {exc}", retry_after=exc.retry_after) from None
-        if last and all(key in merged for key in last):
+        if last.items and all(key in merged for key in last.items):
             raise FetchError(
                 f"page {number}: every item was on an earlier page, so pagination is not advancing"
                 " (check pagination.param; set pagination.size if the API repeats its last page)"
             )
-        merged.update(last)
+        merged.update(last.items)
+        if len(merged) > source.max_items:
+            raise ExtractError(f"the pages hold over max_items {source.max_items} items")
 
 
 def _next(
-    pagination: Pagination, source: Source, url: str, page: Fetched, items: dict[str, Item],
-    position: int, parse: Parse, number: int,
+    pagination: Pagination, source: Source, url: str, page: Fetched, extracted: Extracted,
+    position: int, number: int,
 ) -> tuple[str, dict[str, str] | None, int, str] | None:  # fmt: skip
     """(url, params to merge or None for a URL used as is, position, loop marker), or None."""
-    kind = pagination.type
+    kind, items = pagination.type, extracted.items
     if kind == "link":
         if not page.next_link:
             return None
-        target = _same_origin(source, urljoin(url, page.next_link), number)
+        target = _same_origin(source, url, page.next_link, number)
         return target, None, position, target
     if kind in ("page", "offset"):
         if not items or (pagination.size and len(items) < pagination.size):
@@ -124,10 +123,7 @@ def _next(
         assert pagination.param is not None
         return source.url, {pagination.param: str(position)}, position, str(position)
     assert page.body is not None and pagination.next is not None
-    try:
-        found = search(pagination.next, parse(page))
-    except ExtractError as exc:
-        raise ExtractError(f"page {number}: {exc}") from None
+    found = extracted.next
     if found is None or found is False or found == "":
         return None
     if isinstance(found, bool) or not isinstance(found, str | int | float):
@@ -136,15 +132,25 @@ def _next(
             " not a string or number"
         )
     if kind == "next_url":
-        target = _same_origin(source, urljoin(url, str(found)), number)
+        target = _same_origin(source, url, str(found), number)
         return target, None, position, target
     assert pagination.param is not None
     return source.url, {pagination.param: str(found)}, position, str(found)
 
 
-def _same_origin(source: Source, target: str, number: int) -> str:
-    want, got = urlsplit(source.url), urlsplit(target)
-    if (got.scheme, got.hostname, got.port) != (want.scheme, want.hostname, want.port):
+def _same_origin(source: Source, url: str, link: str, number: int) -> str:
+    """`link` (the upstream's) made absolute against `url`, if it is on the source's origin."""
+    want = urlsplit(source.url)
+    target = link
+    try:
+        target = urljoin(url, link)
+        got = urlsplit(target)
+        origin = (got.scheme, got.hostname, got.port)
+    except ValueError as exc:  # a bad port or IPv6 address in a link the upstream sent
+        raise FetchError(
+            f"page {number}: the next page {target!r} is not a valid URL: {exc}"
+        ) from None
+    if origin != (want.scheme, want.hostname, want.port):
         raise FetchError(
             f"page {number}: the next page {target!r} is not on the source's origin"
             f" ({want.scheme}://{want.netloc}); it is not followed"

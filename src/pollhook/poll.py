@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -25,8 +26,9 @@ from .document import document_changes
 from .errors import SourceError
 from .events import build_event, iso_timestamp
 from .extract import Item, stored_json
-from .fetch import Fetched, HostLimits, fetch
-from .formats import read_items
+from .fetch import Fetched, HostLimits, describe_error, fetch
+from .parsing import Parsers
+from .redact import redact
 from .request import Clients, query
 from .store import PollWrite, SourceState, Store
 
@@ -34,7 +36,9 @@ log = logging.getLogger("pollhook.poll")
 
 DbCall = Callable[..., Awaitable[Any]]
 
-INLINE_PARSE_LIMIT = 256 * 1024
+INLINE_DIGEST_LIMIT = (
+    256 * 1024
+)  # larger bodies are hashed on a thread (hashlib lets go of the GIL)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Poller:
         self.clients = Clients(client)  # sources with their own TLS settings get their own
         self.config = config
         self.limits = HostLimits(config.http.max_per_host, config.http.min_delay)
+        self.parsers = Parsers(config.http.parse_workers)  # started on the first body needing one
         self.on_events = on_events
         # The daemon is the only writer of source state, so it is read from SQLite once
         # (all sources in one query) and then kept current here: a poll reads nothing.
@@ -77,6 +82,7 @@ class Poller:
         self.config = config
 
     async def aclose(self) -> None:
+        await self.parsers.aclose()  # first: a stop never waits for a parse
         await self.clients.aclose()
 
     async def poll(self, source: Source) -> PollResult:
@@ -86,7 +92,7 @@ class Poller:
         started = time.monotonic()
         try:
             got = await _fetch_items(
-                self.clients, source, self.config.http, self.limits, settled,
+                self.clients, self.parsers, source, self.config.http, self.limits, settled,
                 seen=settled.body_digest if settled and not settled.held_deletes else None,
             )  # fmt: skip
             if got.unchanged:
@@ -103,6 +109,14 @@ class Poller:
         except SourceError as exc:
             metrics.POLLS.labels(source.name, "error").inc()
             return await self._failed(source, state, exc)
+        except sqlite3.Error:  # the state file, not the source: the daemon reports it
+            raise
+        except Exception as exc:  # a bug met on this source: a failed poll like any other
+            log.exception("source=%s poll crashed", source.name)
+            metrics.POLLS.labels(source.name, "error").inc()
+            return await self._failed(
+                source, state, SourceError(f"internal error: {describe_error(exc)}")
+            )
         outcome = "not_modified" if got.fetched.body is None else "ok"
         metrics.POLLS.labels(source.name, outcome).inc()
         metrics.POLL_SECONDS.labels(source.name).observe(time.monotonic() - started)
@@ -174,7 +188,12 @@ class Poller:
     async def _failed(
         self, source: Source, state: SourceState | None, exc: SourceError
     ) -> PollResult:
-        error = str(exc)
+        """Count the failure, record its redacted error, and send source.failing at the threshold.
+
+        The error goes to the log, the state file (`status`) and webhooks:
+        a key in a URL's query string is redacted from it first.
+        """
+        error = redact(str(exc))
         failures: int = await self.db(Store.record_failure, source.name, error, time.time())
         self._touched.pop(source.name, None)
         self._set_state(
@@ -214,13 +233,14 @@ async def dry_run(
     """Fetch and diff like a real poll (unconditionally), but write nothing."""
     state: SourceState | None = await db(Store.source_state, source.name)
     settled = state if state is not None and state.fingerprint == source.fingerprint else None
-    clients = Clients(client)
+    clients, parsers = Clients(client), Parsers(config.http.parse_workers)
     try:
         got = await _fetch_items(
-            clients, source, config.http, HostLimits(config.http.max_per_host), settled,
+            clients, parsers, source, config.http, HostLimits(config.http.max_per_host), settled,
             conditional=False,
         )  # fmt: skip
     finally:
+        await parsers.aclose()
         await clients.aclose()
     write: PollWrite = await db(
         plan, source, state, got.items, got.fetched, config.subscribers, time.time()
@@ -239,7 +259,7 @@ class Fetch:
 
 
 async def _fetch_items(
-    clients: Clients, source: Source, http: HttpSettings, limits: HostLimits,
+    clients: Clients, parsers: Parsers, source: Source, http: HttpSettings, limits: HostLimits,
     state: SourceState | None, conditional: bool = True, seen: bytes | None = None,
 ) -> Fetch:  # fmt: skip
     """Every page of one poll and its items, or a SourceError; no items after a 304.
@@ -270,11 +290,14 @@ async def _fetch_items(
         digest = await _digest(fetched)
         if seen == digest:
             return Fetch(fetched, {}, digest, unchanged=True)
-    items = await _extract(source, fetched.body, fetched.content_type)
-    if source.pagination is not None:
+    pagination = source.pagination
+    next_expression = pagination.next if pagination is not None else None
+    first = await parsers.extract(source, fetched, http, next_expression)
+    items = first.items
+    if pagination is not None:
         items = await paginate.more_pages(
-            client, source, http, limits, fetched, items, params,
-            lambda page: _extract(source, page.body or b"", page.content_type),
+            client, source, http, limits, fetched, first, params,
+            lambda page: parsers.extract(source, page, http, next_expression),
         )  # fmt: skip
     return Fetch(fetched, items, digest)
 
@@ -283,22 +306,11 @@ async def _digest(fetched: Fetched) -> bytes:
     """The body and the type it was parsed as: both decide what the items are."""
     body = fetched.body or b""
     hasher = hashlib.blake2b(fetched.content_type.encode(), digest_size=16)
-    if len(body) > INLINE_PARSE_LIMIT:  # hashlib lets go of the GIL for large inputs
+    if len(body) > INLINE_DIGEST_LIMIT:
         await asyncio.to_thread(hasher.update, body)
     else:
         hasher.update(body)
     return hasher.digest()
-
-
-async def _extract(source: Source, body: bytes, content_type: str) -> dict[str, Item]:
-    """Parse and key the body; large bodies go to a thread to keep the loop responsive."""
-
-    def work() -> dict[str, Item]:
-        return read_items(source, body, content_type)
-
-    if len(body) <= INLINE_PARSE_LIMIT:
-        return work()
-    return await asyncio.to_thread(work)
 
 
 def _commit(
