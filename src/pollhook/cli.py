@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import Config, default_state_path, load_config, parse_duration
+from .config import Config, default_state_path, did_you_mean, load_config, parse_duration
 from .errors import ConfigError, PollhookError, UsageError
 from .logs import setup_logging
 from .output import print_json, print_rows, print_table, when
+
+if TYPE_CHECKING:
+    from .store import Store
 
 log = logging.getLogger("pollhook")
 DEFAULT_CONFIG = "sources.yaml"
@@ -50,7 +56,7 @@ def _optional_config(args: argparse.Namespace) -> Config | None:
     return load_config(args.config or DEFAULT_CONFIG)
 
 
-def _open_store(args: argparse.Namespace, config: Config | None):  # type: ignore[no-untyped-def]
+def _open_store(args: argparse.Namespace, config: Config | None) -> Store:
     from .store import Store
 
     path = _db_path(args, config)
@@ -152,6 +158,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     store = _open_store(args, config)
     now = time.time()
     try:
+        if args.subscriber:
+            _known_subscriber(args.subscriber, config, store)
         if args.dead:
             if not args.subscriber:
                 raise UsageError("replay --dead needs --subscriber NAME")
@@ -187,8 +195,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     example: pollhook resume helpdesk
     """
-    store = _open_store(args, _optional_config(args))
+    config = _optional_config(args)
+    store = _open_store(args, config)
     try:
+        _known_subscriber(args.subscriber, config, store)
         if store.resume_subscriber(args.subscriber):
             print(f"resumed {args.subscriber}")
             return 0
@@ -196,6 +206,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def _known_subscriber(name: str, config: Config | None, store: Store) -> None:
+    """A name neither the config nor the state file knows is a typo: exit 2, not a no-op."""
+    configured = {s.name for s in config.subscribers} if config else set()
+    if name in configured:
+        return
+    known = configured | store.subscriber_names()
+    if name not in known:
+        where = f"{config.path} or {store.path}" if config else str(store.path)
+        hint = did_you_mean(name, known) or f" (known: {', '.join(sorted(known)) or 'none'})"
+        raise UsageError(f"no subscriber {name!r} in {where}{hint}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -441,7 +463,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, not at exit: a reader gone away (`| head`) is caught below
+        return code
+    except BrokenPipeError:
+        _reader_gone()
+        return 1  # not reached: SIGPIPE ends the process
     except (ConfigError, UsageError) as exc:
         print(f"pollhook: error: {exc}", file=sys.stderr)
         return 2
@@ -462,6 +489,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _reader_gone() -> None:
+    """The reader of our stdout left (`pollhook deliveries | head -1`): end as Unix tools do.
+
+    Python ignores SIGPIPE and raises BrokenPipeError instead; the quiet way out
+    is the signal's own default action, so a shell sees 141 as for `ls | head`,
+    and nothing is printed. stdout goes to /dev/null first: the exit must not
+    try to flush the rest of the buffer into the closed pipe again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
 
 
 if __name__ == "__main__":

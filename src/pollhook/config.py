@@ -16,7 +16,7 @@ import hashlib
 import os
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -217,6 +217,12 @@ def parse_size(value: Any) -> int:
     return size
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` when one of `choices` is close to `word`, else ''."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def default_state_path() -> Path:
     """`$STATE_DIRECTORY/pollhook.db` under systemd, else `./pollhook.db`."""
     state_dir = os.environ.get("STATE_DIRECTORY")
@@ -255,9 +261,8 @@ class _Validator:
         allowed = required + optional
         for key in node:
             if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                known = "" if close else f" (known keys: {', '.join(allowed)})"
+                hint = did_you_mean(str(key), allowed)
+                known = "" if hint else f" (known keys: {', '.join(allowed)})"
                 raise self.fail(node.key_lines[key], where, f"unknown key '{key}'{hint}{known}")
         for key in required:
             if key not in node:
@@ -587,8 +592,7 @@ class _Validator:
         out = set()
         for value, line in self.string_list(node, key, where):
             if value not in allowed:
-                close = difflib.get_close_matches(value, sorted(allowed), n=1, cutoff=0.6)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                hint = did_you_mean(value, allowed)
                 raise self.fail(line, where, f"'{key}': unknown {what} '{value}'{hint}")
             out.add(value)
         return out
@@ -675,9 +679,7 @@ def _function_problem(node: Any) -> str | None:
         name, args = node["value"], len(node["children"])
         table = _FUNCTIONS.FUNCTION_TABLE
         if name not in table:
-            close = difflib.get_close_matches(name, sorted(table), n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            return f"unknown function {name}(){hint}"
+            return f"unknown function {name}(){did_you_mean(name, table)}"
         signature = table[name]["signature"]
         variadic = bool(signature) and signature[-1].get("variadic", False)
         if args < len(signature) or (args > len(signature) and not variadic):
