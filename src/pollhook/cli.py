@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import Config, default_state_path, did_you_mean, load_config, parse_duration
+from .config import (
+    Config,
+    default_state_path,
+    did_you_mean,
+    load_config,
+    parse_duration,
+    state_path,
+)
 from .errors import ConfigError, PollhookError, UsageError
 from .logs import setup_logging
 from .output import print_json, print_rows, print_table, when
@@ -40,10 +47,7 @@ def _db_path(args: argparse.Namespace, config: Config | None) -> Path:
 def _resolve_db_path(args: argparse.Namespace, config: Config | None) -> Path:
     if getattr(args, "db", None):
         return Path(args.db)
-    if config is not None and config.state is not None:
-        state = config.state.expanduser()
-        return state if state.is_absolute() else config.path.parent / state
-    return default_state_path()
+    return state_path(config) if config is not None else default_state_path()
 
 
 def _optional_config(args: argparse.Namespace) -> Config | None:
@@ -99,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     listen = _listen_address(args.metrics) if args.metrics else None
 
     async def main() -> int:
-        async with Daemon(config, db_path, metrics_listen=listen) as daemon:
+        async with Daemon(config, db_path, metrics_listen=listen, db_fixed=bool(args.db)) as daemon:
             if args.once:
                 results = await daemon.run_once()
                 failed = [r for r in results if not r.ok]

@@ -231,6 +231,14 @@ def default_state_path() -> Path:
     return Path("pollhook.db")
 
 
+def state_path(config: Config) -> Path:
+    """The state file `config` names: `state:` (relative to the config's folder) or the default."""
+    if config.state is None:
+        return default_state_path()
+    state = config.state.expanduser()
+    return state if state.is_absolute() else config.path.parent / state
+
+
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate `path`; raise ConfigError with file, line and key."""
     path = Path(path)

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from . import metrics
-from .config import Config, load_config
+from .config import Config, load_config, state_path
 from .deliver import DeliveryWorker
 from .errors import ConfigError
 from .fetch import host_key
@@ -65,9 +65,10 @@ class Daemon:
 
     def __init__(
         self, config: Config, db_path: Path, client: aiohttp.ClientSession | None = None,
-        metrics_listen: tuple[str, int] | None = None,
+        metrics_listen: tuple[str, int] | None = None, db_fixed: bool = False,
     ) -> None:  # fmt: skip
         self.config = config
+        self.db_fixed = db_fixed  # `--db`: the config's `state:` does not choose the file
         self.metrics_listen = metrics_listen
         self.metrics: MetricsServer | None = None
         self.db_path = db_path
@@ -256,12 +257,12 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload refused, keeping the previous configuration: %s", exc)
             return
-        if (
-            config.state is not None
-            and self.config.state is not None
-            and config.state != self.config.state
-        ):
-            log.warning("reload: 'state' changed; it takes effect only on restart")
+        wanted = state_path(config)
+        if not self.db_fixed and wanted.resolve() != self.db_path.resolve():
+            log.warning(
+                "reload: 'state' now names %s, but this daemon runs on %s until it restarts",
+                wanted, self.db_path,
+            )  # fmt: skip
         self.config = config
         self.poller.reconfigure(config)
         self.worker.reconfigure(config.subscribers)
