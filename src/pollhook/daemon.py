@@ -30,7 +30,7 @@ from .fetch import host_key
 from .metrics import MetricsServer
 from .notify import Notifier
 from .poll import Poller, PollResult
-from .report import outbox_snapshot, pending_count
+from .report import pending_count, scrape_snapshot
 from .request import session
 from .schedule import PollSchedule
 from .store import Store
@@ -133,7 +133,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         if self.metrics_listen:  # first: it turns the metrics on, and polls must be counted
             host, port = self.metrics_listen
-            self.metrics = MetricsServer(host, port, self._outbox, self._alive)
+            self.metrics = MetricsServer(host, port, self._scrape, self._alive)
             await self.metrics.start()
         self.schedule.start(self.config.sources)
         self.state = "running"
@@ -237,8 +237,10 @@ class Daemon:
         except sqlite3.Error as exc:
             log.warning("could not record the last unchanged polls (state file: %s)", exc)
 
-    async def _outbox(self) -> dict[str, Any]:
-        snapshot: dict[str, Any] = await self.db(outbox_snapshot)
+    async def _scrape(self) -> dict[str, Any]:
+        sources = [s.name for s in self.config.sources]
+        subscribers = [s.name for s in self.config.subscribers]
+        snapshot: dict[str, Any] = await self.db(scrape_snapshot, sources, subscribers)
         return snapshot
 
     async def _status_line(self) -> str:

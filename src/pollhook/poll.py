@@ -99,7 +99,6 @@ class Poller:
                 )  # fmt: skip
                 self._committed(source, state, write)
                 events = [e.type for e in write.events]
-                metrics.ITEMS.labels(source.name).set(len(got.items))
         except SourceError as exc:
             metrics.POLLS.labels(source.name, "error").inc()
             return await self._failed(source, state, exc)

@@ -118,14 +118,22 @@ def pending_count(store: Store) -> int:
     return int(row[0])
 
 
-def outbox_snapshot(store: Store) -> dict[str, Any]:
-    """Pending deliveries per subscriber and the oldest pending creation time (for metrics)."""
-    pending = dict(
+def scrape_snapshot(store: Store, sources: list[str], subscribers: list[str]) -> dict[str, Any]:
+    """What /metrics reads from the state file at each scrape.
+
+    Pending deliveries per subscriber and items tracked per source, with every
+    configured name present (0 when it has none: a series that vanished would
+    read as "no data", not as "nothing pending"), and the oldest pending time.
+    """
+    pending = dict.fromkeys(subscribers, 0)
+    pending.update(
         store.db.conn.execute(
             "SELECT subscriber, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY subscriber"
         ).fetchall()
     )
+    tracked = dict(store.db.conn.execute("SELECT name, items_count FROM sources").fetchall())
     oldest = store.db.conn.execute(
         "SELECT MIN(created_at) FROM deliveries WHERE status = 'pending'"
     ).fetchone()[0]
-    return {"pending": pending, "oldest": oldest}
+    items = {name: tracked.get(name) or 0 for name in sources}
+    return {"pending": pending, "oldest": oldest, "items": items}
