@@ -115,3 +115,18 @@ def test_tries_agree_with_the_attempts_listed_after_a_replay(dead) -> None:  # t
     table = pollhook("deliveries", "-c", str(dead)).stdout.splitlines()
     header, line = table[0].split(), table[1].split()
     assert line[header.index("tries")] == "2"
+
+
+def test_ignored_fields_are_not_in_changes(upstream, write_config) -> None:  # type: ignore[no-untyped-def]
+    upstream.items = [{"id": 1, "status": "open", "updated_at": "10:00"}]
+    cfg = write_config(
+        f"state: s.db\nsources:\n  - name: t\n    url: {upstream.url}/t\n    interval: 1h\n"
+        "    ignore: [updated_at]\n"
+    )
+    assert pollhook("run", "--once", "-c", str(cfg)).returncode == 0  # baseline
+    upstream.items = [{"id": 1, "status": "closed", "updated_at": "11:00"}]
+    result = pollhook("poll", "t", "--dry-run", "-c", str(cfg))
+    [event] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert event["data"]["changes"] == [{"op": "replace", "path": "/status", "value": "closed"}]
+    assert event["data"]["item"]["updated_at"] == "11:00"  # the item itself is whole
+    assert event["data"]["previous"]["updated_at"] == "10:00"

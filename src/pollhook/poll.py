@@ -331,12 +331,12 @@ def plan(
         delta = compare(stored, items)
         delta = Delta(delta.created, delta.updated, [])
         previous = store.item_values(source.name, delta.updated)
-        changes = changes_for(delta, items, previous)
+        changes = changes_for(delta, items, previous, source.ignore)
     else:
         delta = compare(stored, items)
         delta, held = _hold_mass_delete(source, delta, state, len(stored))
         previous = store.item_values(source.name, delta.updated + delta.deleted)
-        changes = changes_for(delta, items, previous)
+        changes = changes_for(delta, items, previous, source.ignore)
     cap = source.max_events_per_poll
     if not baseline and cap is not None and len(changes) > cap:
         raise SourceError(
