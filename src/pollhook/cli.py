@@ -20,10 +20,13 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import (
+    MAKE_SECRET,
+    SECRET_BYTES,
     Config,
     default_state_path,
     did_you_mean,
     load_config,
+    new_secret,
     parse_duration,
     state_path,
 )
@@ -78,10 +81,33 @@ def cmd_check(args: argparse.Namespace) -> int:
     example: pollhook check -c /etc/pollhook/sources.yaml
     """
     config = load_config(args.config or DEFAULT_CONFIG)
+    for sub in config.subscribers:
+        if not sub.secrets:
+            print(
+                f"pollhook: warning: {config.path}: subscriber '{sub.name}' has no secret: its"
+                f" webhooks are not signed, so it cannot tell them from forgeries{MAKE_SECRET}",
+                file=sys.stderr,
+            )
     print(
         f"ok: {config.path} is valid ({len(config.sources)} sources, "
         f"{len(config.subscribers)} subscribers)"
     )
+    return 0
+
+
+def cmd_secret(args: argparse.Namespace) -> int:
+    """Print a fresh Standard Webhooks secret: `whsec_` + base64 of random bytes.
+
+    Give the same secret to the receiver and to pollhook (`secret:` in the
+    config, through `${VAR}` or `${file:NAME}`).
+
+    example: pollhook secret
+    example: pollhook secret > /etc/pollhook/helpdesk_secret && chmod 600 /etc/pollhook/helpdesk_secret
+    """
+    low, high = SECRET_BYTES
+    if not low <= args.bytes <= high:
+        raise UsageError(f"--bytes {args.bytes}: a secret has {low} to {high} bytes")
+    print(new_secret(args.bytes))
     return 0
 
 
@@ -373,6 +399,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "events": cmd_events,
     "poll": cmd_poll,
+    "secret": cmd_secret,
 }
 
 
@@ -398,14 +425,15 @@ def build_parser() -> argparse.ArgumentParser:
     _logging_options(parser, default=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, **kwargs: object) -> argparse.ArgumentParser:
+    def command(name: str, config: bool = True) -> argparse.ArgumentParser:
         func = COMMANDS[name]
         doc = (func.__doc__ or "").strip()
         p = sub.add_parser(
             name, help=doc.splitlines()[0], description=doc,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
-        p.add_argument("-c", "--config", help="config file (default: ./sources.yaml)")
+        if config:
+            p.add_argument("-c", "--config", help="config file (default: ./sources.yaml)")
         _logging_options(p, default=False)  # `pollhook run --log-level debug` works too
         p.set_defaults(func=func)
         return p
@@ -457,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--type", metavar="EVENT_TYPE")
     ev.add_argument("--limit", type=int, default=50)
     ev.add_argument("--json", action="store_true", help="machine-readable output")
+    se = command("secret", config=False)
+    se.add_argument(
+        "--bytes", type=int, default=32, help="random bytes in the secret (24..64, default 32)"
+    )
     rs = command("resume")
     rs.add_argument("subscriber")
     rs.add_argument("--db", help="state file")

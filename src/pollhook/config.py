@@ -15,6 +15,7 @@ import functools
 import hashlib
 import os
 import re
+import secrets
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -625,16 +626,29 @@ class _Validator:
     def secrets(self, node: LineMap, where: str) -> tuple[str, ...]:
         if "secret" not in node or node["secret"] in ("", None):
             return ()
+        try:
+            entries = self.string_list(node, "secret", where)
+        except ConfigError as exc:  # an unset variable, an unreadable file, not a string
+            raise ConfigError(f"{exc}{MAKE_SECRET}") from None
         out = []
-        for secret, line in self.string_list(node, "secret", where):
+        for secret, line in entries:
             secret = secret.strip()
             if not secret:
                 continue
             problem = secret_problem(secret)
             if problem:
-                raise self.fail(line, where, f"'secret' {problem}")
+                raise self.fail(line, where, f"'secret' {problem}{MAKE_SECRET}")
             out.append(secret)
         return tuple(out)
+
+
+MAKE_SECRET = " (make one with `pollhook secret`)"
+SECRET_BYTES = (24, 64)  # what a Standard Webhooks secret may decode to
+
+
+def new_secret(size: int = 32) -> str:
+    """A fresh Standard Webhooks secret: `whsec_` + base64 of `size` random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(size)).decode()
 
 
 def secret_problem(secret: str) -> str | None:
@@ -645,8 +659,9 @@ def secret_problem(secret: str) -> str | None:
         key = base64.b64decode(secret[len("whsec_") :], validate=True)
     except (binascii.Error, ValueError):
         return "is not valid base64 after 'whsec_'"
-    if not 24 <= len(key) <= 64:
-        return f"must decode to 24..64 bytes, got {len(key)}"
+    low, high = SECRET_BYTES
+    if not low <= len(key) <= high:
+        return f"must decode to {low}..{high} bytes, got {len(key)}"
     return None
 
 

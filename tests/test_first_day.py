@@ -1,0 +1,72 @@
+"""The operator's first day: making a secret, checking a config, the demo, a dry run."""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from conftest import SECRET, pollhook
+
+NOBODY = "http://127.0.0.1:9"
+SOURCE = f"sources:\n  - name: t\n    url: {NOBODY}/t\n    interval: 1m\n"
+
+
+def test_secret_prints_a_fresh_secret_that_receivers_and_check_accept(tmp_path: Path) -> None:
+    made = [pollhook("secret") for _ in range(2)]
+    assert all(r.returncode == 0 and r.stderr == "" for r in made)
+    first, second = (r.stdout.strip() for r in made)
+    assert first != second and re.fullmatch(r"whsec_[A-Za-z0-9+/]+=*", first)
+    assert len(base64.b64decode(first.removeprefix("whsec_"))) == 32
+    hook, now = Webhook(first), datetime.now(UTC)  # the reference library takes it as it is
+    signed = {"webhook-id": "msg_1", "webhook-timestamp": str(int(now.timestamp())),
+              "webhook-signature": hook.sign("msg_1", now, "{}")}  # fmt: skip
+    hook.verify(b"{}", signed)
+    cfg = tmp_path / "sources.yaml"
+    cfg.write_text(SOURCE + f"subscribers:\n  - name: s\n    url: {NOBODY}/h\n    secret: {first}\n")
+    checked = pollhook("check", "-c", str(cfg))
+    assert checked.returncode == 0 and checked.stderr == "", checked.stderr
+    longest = pollhook("secret", "--bytes", "64").stdout.strip()
+    assert len(base64.b64decode(longest.removeprefix("whsec_"))) == 64
+    refused = pollhook("secret", "--bytes", "16")
+    assert refused.returncode == 2 and "24 to 64" in refused.stderr and refused.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("secret", "env", "fragment"),
+    [
+        ("not-a-secret", {}, "must start with 'whsec_'"),
+        ("whsec_!!!", {}, "not valid base64"),
+        ("whsec_" + base64.b64encode(b"short").decode(), {}, "24..64 bytes"),
+        ("${HOOK_SECRET_SURELY_UNSET}", {}, "HOOK_SECRET_SURELY_UNSET"),
+        ("${file:/nonexistent/hook_secret}", {}, "cannot read secret file"),
+    ],
+    ids=["prefix", "base64", "length", "unset-variable", "unreadable-file"],
+)
+def test_every_secret_error_says_how_to_make_one(
+    tmp_path: Path, secret: str, env: dict[str, str], fragment: str
+) -> None:
+    cfg = tmp_path / "sources.yaml"
+    cfg.write_text(SOURCE + f"subscribers:\n  - name: s\n    url: {NOBODY}/h\n    secret: {secret}\n")
+    result = pollhook("check", "-c", str(cfg), env=env)
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr and "line 8" in result.stderr
+    assert "make one with `pollhook secret`" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_check_warns_about_a_subscriber_without_a_secret(tmp_path: Path) -> None:
+    cfg = tmp_path / "sources.yaml"
+    cfg.write_text(
+        SOURCE + f"subscribers:\n  - name: open-door\n    url: {NOBODY}/h\n"
+        f"  - name: signed\n    url: {NOBODY}/h\n    secret: {SECRET}\n"
+    )
+    result = pollhook("check", "-c", str(cfg))
+    assert result.returncode == 0 and result.stdout.startswith("ok:")
+    [warning] = result.stderr.splitlines()
+    assert "warning" in warning and "'open-door' has no secret" in warning
+    assert "pollhook secret" in warning and "signed" not in warning.replace("not signed", "")
