@@ -130,3 +130,120 @@ def test_ignored_fields_are_not_in_changes(upstream, write_config) -> None:  # t
     assert event["data"]["changes"] == [{"op": "replace", "path": "/status", "value": "closed"}]
     assert event["data"]["item"]["updated_at"] == "11:00"  # the item itself is whole
     assert event["data"]["previous"]["updated_at"] == "10:00"
+
+
+# -- from an operator's shell on a systemd install -----------------------------------
+
+SERVICE_ONLY = """
+    sources:
+      - name: tickets
+        url: {url}/t
+        interval: 1h
+        headers:
+          Authorization: "Bearer ${{API_TOKEN}}"
+    subscribers:
+      - name: hooks
+        url: {hooks}/hooks
+        secret: ${{file:hook_secret}}
+        retry: []
+      - name: audit
+        url: {hooks}/audit
+        secret: ${{AUDIT_SECRET}}
+        retry: []
+    """
+
+
+@pytest.fixture
+def service_state(upstream, write_config, tmp_path) -> Iterator[tuple[Path, Path]]:  # type: ignore[no-untyped-def]
+    """A config whose secrets only the service has, and a state file with one dead delivery."""
+    from conftest import SECRET
+
+    down = Receiver(plan=lambda i, req: (503, {}, b"down"))
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "hook_secret").write_text(SECRET + "\n")
+    cfg = write_config(SERVICE_ONLY.format(url=upstream.url, hooks=down.url))
+    db = tmp_path / "service.db"
+    service_env = {"API_TOKEN": "t0k3n", "AUDIT_SECRET": SECRET,
+                   "CREDENTIALS_DIRECTORY": str(credentials)}  # fmt: skip
+    upstream.items = [{"id": 1}]
+    for items in ([{"id": 1}], [{"id": 1}, {"id": 2}]):
+        upstream.items = items
+        done = pollhook("run", "--once", "-c", str(cfg), "--db", str(db), env=service_env)
+        assert done.returncode == 0, done.stderr
+    yield cfg, db
+    down.close()
+
+
+def test_inspection_commands_need_no_secrets_or_tokens(service_state) -> None:  # type: ignore[no-untyped-def]
+    cfg, db = service_state
+    [(event,)] = query(db, "SELECT id FROM events")
+    for args in (["status", "--json"], ["events", "--json"], ["deliveries", "--json"],
+                 ["deliveries", "--attempts", "1"], ["replay", event],
+                 ["replay", "--dead", "--subscriber", "hooks"], ["resume", "audit"]):  # fmt: skip
+        result = pollhook(*args, "-c", str(cfg), "--db", str(db))  # none of the service's env
+        assert result.returncode == 0, (args, result.stderr)
+        assert "not set" not in result.stderr and "secret" not in result.stderr, result.stderr
+    status = json.loads(pollhook("status", "--json", "-c", str(cfg), "--db", str(db)).stdout)
+    assert [s["name"] for s in status["subscribers"]] == ["hooks", "audit"]
+    assert status["sources"][0]["outcome"] == "ok" and status["sources"][0]["next_poll_at"]
+
+
+def test_status_without_any_config_shows_outcomes_not_not_in_config(service_state, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _, db = service_state
+    status = json.loads(pollhook("status", "--json", "--db", str(db), cwd=tmp_path).stdout)
+    assert [(s["name"], s["outcome"]) for s in status["sources"]] == [("tickets", "ok")]
+
+
+def test_the_systemd_units_config_and_state_are_found_by_default(
+    service_state, tmp_path, monkeypatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """No -c, no --db, no $STATE_DIRECTORY, nothing in the working folder: the unit's paths."""
+    from pollhook import config_outline
+    from pollhook.cli import main
+
+    cfg, db = service_state
+    monkeypatch.setattr(config_outline, "UNIT_CONFIG", cfg)  # /etc/pollhook/sources.yaml
+    monkeypatch.setattr(config_outline, "UNIT_STATE", db)  # /var/lib/pollhook/pollhook.db
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    elsewhere = tmp_path / "home"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in status["subscribers"]] == ["hooks", "audit"]
+    assert main(["deliveries", "--json", "--status", "dead"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+
+    (elsewhere / "pollhook.db").write_bytes(b"")  # a local state file comes first
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sources"][0]["outcome"] == "never polled"
+    (elsewhere / "pollhook.db").unlink()
+    monkeypatch.setattr(config_outline, "UNIT_STATE", tmp_path / "absent.db")
+    assert main(["status"]) == 2
+    assert "no state file yet nor" in capsys.readouterr().err
+
+
+def test_the_units_state_directory_is_found_for_real(service_state, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """/var/lib/pollhook/pollhook.db itself, in a private mount namespace (root only)."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to mount a private /var/lib")
+    cfg, db = service_state
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(cfg, home / "sources.yaml")  # the names; no state: in it
+    script = (
+        "mount -t tmpfs tmpfs /var/lib && mkdir /var/lib/pollhook"
+        ' && cp "$1" /var/lib/pollhook/pollhook.db && cd "$2"'
+        ' && exec "$0" -m pollhook deliveries --json --status dead'
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, sys.executable, str(db), str(home)],
+        capture_output=True, text=True, timeout=WAIT,
+        env={k: v for k, v in os.environ.items() if k != "STATE_DIRECTORY"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert {d["subscriber"] for d in json.loads(result.stdout)} == {"hooks", "audit"}

@@ -23,12 +23,21 @@ from .config import (
     MAKE_SECRET,
     SECRET_BYTES,
     Config,
+    NamesState,
     default_state_path,
     did_you_mean,
     load_config,
     new_secret,
     parse_duration,
     state_path,
+)
+from .config_outline import (
+    LOCAL_STATE,
+    UNIT_STATE,
+    Outline,
+    default_config,
+    found_state,
+    load_outline,
 )
 from .errors import ConfigError, PollhookError, UsageError
 from .logs import setup_logging
@@ -42,33 +51,49 @@ DEFAULT_CONFIG = "sources.yaml"
 
 
 def _db_path(args: argparse.Namespace, config: Config | None) -> Path:
-    args.state_path = _resolve_db_path(args, config)  # named by errors the store cannot name
-    path: Path = args.state_path
+    """The daemon's state file: `--db`, `state:`, `$STATE_DIRECTORY/pollhook.db`, `./pollhook.db`."""
+    path = Path(args.db) if args.db else state_path(config) if config else default_state_path()
+    args.state_path = path  # named by errors the store cannot name
     return path
 
 
-def _resolve_db_path(args: argparse.Namespace, config: Config | None) -> Path:
-    if getattr(args, "db", None):
-        return Path(args.db)
-    return state_path(config) if config is not None else default_state_path()
+def _found_db_path(args: argparse.Namespace, config: NamesState | None) -> Path:
+    """The state file an operator means: as the daemon finds it, or the one that exists.
 
-
-def _optional_config(args: argparse.Namespace) -> Config | None:
-    """Inspection commands need the config only for `state:` and names.
-
-    With `--db` and no `-c`, or with no ./sources.yaml, they work without one.
+    Where nothing names it (no `--db`, `state:` or `$STATE_DIRECTORY`), that is
+    `./pollhook.db`, else the systemd unit's `/var/lib/pollhook/pollhook.db`.
     """
-    if args.config is None and (getattr(args, "db", None) or not Path(DEFAULT_CONFIG).exists()):
-        return None
-    return load_config(args.config or DEFAULT_CONFIG)
+    if args.db:
+        path = Path(args.db)
+    elif (config is not None and config.state is not None) or os.environ.get("STATE_DIRECTORY"):
+        path = state_path(config) if config else default_state_path()
+    else:
+        path = found_state() or LOCAL_STATE
+    args.state_path = path
+    return path
 
 
-def _open_store(args: argparse.Namespace, config: Config | None) -> Store:
+def _optional_config(args: argparse.Namespace) -> Outline | None:
+    """Inspection commands read only `state:` and names, never secrets (config_outline.py).
+
+    With `--db` and no `-c` they need no config; otherwise they read `-c`,
+    else ./sources.yaml, else the systemd unit's /etc/pollhook/sources.yaml.
+    """
+    if args.config:
+        return load_outline(args.config)
+    found = None if args.db else default_config()
+    return load_outline(found) if found else None
+
+
+def _open_store(args: argparse.Namespace, config: Outline | None) -> Store:
     from .store import Store
 
-    path = _db_path(args, config)
+    path = _found_db_path(args, config)
     if not path.exists():
-        raise UsageError(f"{path}: no state file yet (run `pollhook run` first, or pass --db)")
+        looked = "" if path != LOCAL_STATE else f" nor {UNIT_STATE}"
+        raise UsageError(
+            f"{path}: no state file yet{looked} (run `pollhook run` first, or pass --db PATH)"
+        )
     return Store(path)
 
 
@@ -238,7 +263,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         store.close()
 
 
-def _known_subscriber(name: str, config: Config | None, store: Store) -> None:
+def _known_subscriber(name: str, config: Outline | None, store: Store) -> None:
     """A name neither the config nor the state file knows is a typo: exit 2, not a no-op."""
     configured = {s.name for s in config.subscribers} if config else set()
     if name in configured:
@@ -331,7 +356,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     if source is None:
         names = ", ".join(s.name for s in config.sources)
         raise UsageError(f"no source {args.source!r} in {config.path} (sources: {names})")
-    path = _db_path(args, config)
+    path = _found_db_path(args, config)
 
     async def main(db_path: Path) -> int:
         client = session()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jmespath
 import jmespath.exceptions
@@ -232,7 +232,16 @@ def default_state_path() -> Path:
     return Path("pollhook.db")
 
 
-def state_path(config: Config) -> Path:
+class NamesState(Protocol):
+    """A config, or the outline of one (config_outline.py): where it is, what `state:` says."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def state(self) -> Path | None: ...
+
+
+def state_path(config: NamesState) -> Path:
     """The state file `config` names: `state:` (relative to the config's folder) or the default."""
     if config.state is None:
         return default_state_path()

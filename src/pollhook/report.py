@@ -10,13 +10,13 @@ import json
 import random
 from typing import Any
 
-from .config import Config
+from .config_outline import Outline
 from .outbox import where_equal
 from .retry import source_backoff
 from .store import Store
 
 
-def source_status(store: Store, config: Config | None) -> list[dict[str, Any]]:
+def source_status(store: Store, config: Outline | None) -> list[dict[str, Any]]:
     """One row per source: configured ones first, then ones only the state file knows."""
     rows = {
         r["name"]: r
@@ -29,7 +29,7 @@ def source_status(store: Store, config: Config | None) -> list[dict[str, Any]]:
     for source in config.sources if config else ():
         row = rows.pop(source.name, None) or {"name": source.name, "consecutive_failures": 0}
         out.append(_with_outcome(row, source.interval))
-    out.extend(_with_outcome(row, None, configured=False) for row in rows.values())
+    out.extend(_with_outcome(row, None, configured=config is None) for row in rows.values())
     return out
 
 
@@ -58,7 +58,7 @@ class _NoJitter(random.Random):
         return 0.0
 
 
-def subscriber_status(store: Store, config: Config | None) -> list[dict[str, Any]]:
+def subscriber_status(store: Store, config: Outline | None) -> list[dict[str, Any]]:
     """Pending, failing and dead counts, last success and pause state per subscriber."""
     counts: dict[str, dict[str, Any]] = {}
     for sub, status, failing, n in store.db.conn.execute(
