@@ -383,11 +383,15 @@ def cmd_poll(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the offline demo: a changing local API, a verifying receiver, pollhook between.
 
+    It runs on its own packaged copy of the repository's sources.yaml, so a
+    ./sources.yaml edited into your own config does not change it; -c runs
+    it on another file (its first source and subscriber).
+
     example: pollhook demo --duration 60
     """
     from .demo import run_demo
 
-    return run_demo(duration=args.duration, config_path=Path(args.config or DEFAULT_CONFIG))
+    return run_demo(duration=args.duration, config_path=Path(args.config) if args.config else None)
 
 
 def _listen_address(text: str) -> tuple[str, int]:
@@ -458,7 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
         if config:
-            p.add_argument("-c", "--config", help="config file (default: ./sources.yaml)")
+            p.add_argument(
+                "-c", "--config",
+                help="config file (default: the packaged demo's)" if name == "demo"
+                else "config file (default: ./sources.yaml)",
+            )  # fmt: skip
         _logging_options(p, default=False)  # `pollhook run --log-level debug` works too
         p.set_defaults(func=func)
         return p
