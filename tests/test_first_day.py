@@ -70,3 +70,25 @@ def test_check_warns_about_a_subscriber_without_a_secret(tmp_path: Path) -> None
     [warning] = result.stderr.splitlines()
     assert "warning" in warning and "'open-door' has no secret" in warning
     assert "pollhook secret" in warning and "signed" not in warning.replace("not signed", "")
+
+
+def test_dry_run_without_state_says_it_would_record_a_baseline(upstream, write_config) -> None:  # type: ignore[no-untyped-def]
+    upstream.items = [{"id": 1}, {"id": 2}, {"id": 3}]
+    text = f"state: s.db\nsources:\n  - name: t\n    url: {upstream.url}/t\n    interval: 1h\n"
+    cfg = write_config(text)
+    first = pollhook("poll", "t", "--dry-run", "-c", str(cfg))
+    assert first.returncode == 0 and first.stdout == ""
+    assert "no state yet for source 't'" in first.stderr
+    assert "would record a baseline of 3 items and send nothing" in first.stderr
+
+    initial = write_config(text + "    emit_initial: true\n", "initial.yaml")
+    loud = pollhook("poll", "t", "--dry-run", "-c", str(initial))
+    assert len(loud.stdout.splitlines()) == 3 and "item.created for each" in loud.stderr
+
+    assert pollhook("run", "--once", "-c", str(cfg)).returncode == 0
+    steady = pollhook("poll", "t", "--dry-run", "-c", str(cfg))
+    assert "0 events from 3 items" in steady.stderr and "baseline" not in steady.stderr
+    changed = write_config(text + "    ignore: [note]\n", "changed.yaml")
+    rebaseline = pollhook("poll", "t", "--dry-run", "-c", str(changed))
+    assert "detection settings changed for source 't'" in rebaseline.stderr
+    assert "baseline of 3 items" in rebaseline.stderr

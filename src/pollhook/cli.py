@@ -44,6 +44,7 @@ from .logs import setup_logging
 from .output import print_json, print_rows, print_table, when
 
 if TYPE_CHECKING:
+    from .poll import DryRun
     from .store import Store
 
 log = logging.getLogger("pollhook")
@@ -362,16 +363,13 @@ def cmd_poll(args: argparse.Namespace) -> int:
         client = session()
         db = StoreRunner(Store(db_path))
         try:
-            write = await dry_run(db, client, config, source)
+            result = await dry_run(db, client, config, source)
         finally:
             await client.close()
             db.close()
-        for event in write.events:
+        for event in result.write.events:
             sys.stdout.write(event.body.decode() + "\n")
-        print(
-            f"dry run: {len(write.events)} events from {write.items_count} items; nothing written",
-            file=sys.stderr,
-        )
+        print(f"dry run: {_dry_run_summary(result)}; nothing written", file=sys.stderr)
         return 0
 
     if path.exists():
@@ -392,6 +390,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(duration=args.duration, config_path=Path(args.config) if args.config else None)
+
+
+def _dry_run_summary(result: DryRun) -> str:
+    """What the poll would do, in words: a baseline is not "no change"."""
+    write = result.write
+    count = f"{write.items_count} item{'' if write.items_count == 1 else 's'}"
+    if result.baseline is None:
+        return f"{len(write.events)} events from {count}"
+    sends = (
+        f"send item.created for each ({len(write.events)} events, emit_initial: true)"
+        if write.events
+        else "send nothing"
+    )
+    return (
+        f"{result.baseline} for source '{write.source}': this poll would record a baseline of"
+        f" {count} and {sends}"
+    )
 
 
 def _listen_address(text: str) -> tuple[str, int]:

@@ -207,9 +207,26 @@ class Poller:
             self.on_events()
 
 
+@dataclass(frozen=True)
+class DryRun:
+    """What a poll would write now, and why it would be a baseline (None: it would not)."""
+
+    write: PollWrite
+    baseline: str | None
+
+
+def baseline_reason(state: SourceState | None, source: Source) -> str | None:
+    """Why the next poll records a baseline instead of diffing; None when it diffs."""
+    if state is None or state.fingerprint is None:
+        return "no state yet"
+    if state.fingerprint != source.fingerprint:
+        return "detection settings changed"
+    return None
+
+
 async def dry_run(
     db: DbCall, client: aiohttp.ClientSession, config: Config, source: Source
-) -> PollWrite:
+) -> DryRun:
     """Fetch and diff like a real poll (unconditionally), but write nothing."""
     state: SourceState | None = await db(Store.source_state, source.name)
     settled = state if state is not None and state.fingerprint == source.fingerprint else None
@@ -224,7 +241,7 @@ async def dry_run(
     write: PollWrite = await db(
         plan, source, state, got.items, got.fetched, config.subscribers, time.time()
     )
-    return write
+    return DryRun(write, baseline_reason(state, source))
 
 
 @dataclass(frozen=True)
