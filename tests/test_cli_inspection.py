@@ -52,6 +52,7 @@ def deliveries(cfg: Path, *args: str) -> list[dict[str, Any]]:
 LISTINGS = [
     ["deliveries"], ["deliveries", "--json"], ["deliveries", "--attempts", "1"],
     ["events"], ["events", "--json"], ["status"], ["status", "--json"],
+    ["items", "tickets"], ["items", "tickets", "--json"],
 ]  # fmt: skip
 
 
@@ -180,7 +181,8 @@ def test_inspection_commands_need_no_secrets_or_tokens(service_state) -> None:  
     [(event,)] = query(db, "SELECT id FROM events")
     for args in (["status", "--json"], ["events", "--json"], ["deliveries", "--json"],
                  ["deliveries", "--attempts", "1"], ["replay", event],
-                 ["replay", "--dead", "--subscriber", "hooks"], ["resume", "audit"]):  # fmt: skip
+                 ["replay", "--dead", "--subscriber", "hooks"], ["resume", "audit"],
+                 ["items", "tickets"]):  # fmt: skip
         result = pollhook(*args, "-c", str(cfg), "--db", str(db))  # none of the service's env
         assert result.returncode == 0, (args, result.stderr)
         assert "not set" not in result.stderr and "secret" not in result.stderr, result.stderr
@@ -247,3 +249,29 @@ def test_the_units_state_directory_is_found_for_real(service_state, tmp_path) ->
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert {d["subscriber"] for d in json.loads(result.stdout)} == {"hooks", "audit"}
+
+
+def test_items_lists_keys_hashes_and_the_last_change_it_knows(upstream, write_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    upstream.items = [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}]
+    cfg = write_config(
+        f"state: s.db\nsources:\n  - name: tickets\n    url: {upstream.url}/t\n    interval: 1h\n"
+    )
+    assert pollhook("run", "--once", "-c", str(cfg)).returncode == 0  # a silent baseline
+    upstream.items = [{"id": 1, "v": "a"}, {"id": 2, "v": "B"}, {"id": 3, "v": "c"}]
+    assert pollhook("run", "--once", "-c", str(cfg)).returncode == 0
+
+    listed = json.loads(pollhook("items", "tickets", "--json", "-c", str(cfg)).stdout)
+    stored = dict(query(tmp_path / "s.db", "SELECT key, hash FROM items"))
+    assert [(i["key"], i["hash"]) for i in listed] == sorted(stored.items())
+    assert [i["item"] for i in listed] == upstream.items
+    changed = dict(query(tmp_path / "s.db", "SELECT key, created_at FROM events"))
+    assert [i["changed_at"] for i in listed] == [None, changed["2"], changed["3"]]
+
+    table = pollhook("items", "tickets", "-c", str(cfg)).stdout.splitlines()
+    assert table[0].split()[:4] == ["key", "hash", "last", "change"]
+    assert table[1].split() == ["1", stored["1"], "-"]
+    short = pollhook("items", "tickets", "--limit", "2", "-c", str(cfg))
+    assert len(short.stdout.splitlines()) == 3 and "showing 2 of 3 items" in short.stderr
+
+    typo = pollhook("items", "tikets", "-c", str(cfg))
+    assert typo.returncode == 2 and "did you mean 'tickets'?" in typo.stderr

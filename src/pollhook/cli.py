@@ -333,6 +333,37 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_items(args: argparse.Namespace) -> int:
+    """List the items a source tracks: key, hash and last change, in key order.
+
+    The last change is the newest kept event that created or changed the item:
+    '-' for items unchanged since a silent baseline, or whose events
+    retention has pruned. --json adds each stored item.
+
+    example: pollhook items tickets --limit 20
+    example: pollhook items tickets --json | jq '.[] | select(.item.status == "open")'
+    """
+    from .report import tracked_items
+
+    config = _optional_config(args)
+    store = _open_store(args, config)
+    try:
+        known = store.source_names() | {s.name for s in (config.sources if config else ())}
+        if args.source not in known:
+            hint = did_you_mean(args.source, known) or f" (sources: {', '.join(sorted(known))})"
+            raise UsageError(f"no source {args.source!r} in {store.path}{hint}")
+        rows, total = tracked_items(store, args.source, args.limit)
+    finally:
+        store.close()
+    print_rows(
+        rows, [("key", "key", None), ("hash", "hash", None), ("last change", "changed_at", when)],
+        args.json,
+    )  # fmt: skip
+    if total > len(rows):
+        print(f"showing {len(rows)} of {total} items (--limit N for more)", file=sys.stderr)
+    return 0
+
+
 def cmd_poll(args: argparse.Namespace) -> int:
     """Fetch one source now and print the events a poll would send; with --dry-run, change nothing.
 
@@ -443,6 +474,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "events": cmd_events,
     "poll": cmd_poll,
+    "items": cmd_items,
     "secret": cmd_secret,
 }
 
@@ -533,6 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--type", metavar="EVENT_TYPE")
     ev.add_argument("--limit", type=int, default=50)
     ev.add_argument("--json", action="store_true", help="machine-readable output")
+    it = command("items")
+    it.add_argument("source", metavar="SOURCE")
+    it.add_argument("--db", help="state file")
+    it.add_argument("--limit", type=int, default=50)
+    it.add_argument("--json", action="store_true", help="machine-readable output, with each item")
     se = command("secret", config=False)
     se.add_argument(
         "--bytes", type=int, default=32, help="random bytes in the secret (24..64, default 32)"

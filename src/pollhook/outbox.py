@@ -151,6 +151,10 @@ class Outbox:
             )
         return cursor.rowcount > 0
 
+    def source_names(self) -> set[str]:
+        """Every source the state file has a record of."""
+        return {row[0] for row in self.db.conn.execute("SELECT name FROM sources")}
+
     def subscriber_names(self) -> set[str]:
         """Every subscriber the state file knows: with deliveries, a pause or a last success."""
         rows = self.db.conn.execute(

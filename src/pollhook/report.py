@@ -1,4 +1,4 @@
-"""Read-only views of the state file for `pollhook status` and `pollhook events`.
+"""Read-only views of the state file for `pollhook status`, `events` and `items`.
 
 They read through SQLite's WAL, so they work beside a running daemon and
 never block it.
@@ -10,8 +10,10 @@ import json
 import random
 from typing import Any
 
+import orjson
+
 from .config_outline import Outline
-from .outbox import where_equal
+from .outbox import IN_JSON, where_equal
 from .retry import source_backoff
 from .store import Store
 
@@ -108,6 +110,41 @@ def recent_events(
         f" WHERE {where} ORDER BY e.created_at DESC, e.id DESC LIMIT ?"
     )
     return list(store.db.query(sql, [*args, limit]))
+
+
+CHANGE_TYPES = ("item.created", "item.updated", "document.changed")
+
+
+def tracked_items(store: Store, source: str, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """A source's stored items in key order, and how many it has.
+
+    The state keeps no change time per item; `changed_at` is derived from the
+    newest kept event that created or changed the item, so it is None for an
+    item unchanged since a silent baseline, or whose events retention pruned.
+    """
+    rows = list(
+        store.db.query(
+            "SELECT key, hash, body FROM items WHERE source = ? ORDER BY key LIMIT ?",
+            [source, limit],
+        )
+    )
+    keys = json.dumps([row["key"] for row in rows])
+    changed = dict(
+        store.db.conn.execute(
+            "SELECT key, MAX(created_at) FROM events WHERE source = ? AND type IN"
+            f" {IN_JSON} AND key IN {IN_JSON} GROUP BY key",
+            (source, json.dumps(CHANGE_TYPES), keys),
+        ).fetchall()
+    )
+    total = store.db.conn.execute(
+        "SELECT COUNT(*) FROM items WHERE source = ?", (source,)
+    ).fetchone()[0]
+    items = [
+        {"key": row["key"], "hash": row["hash"], "changed_at": changed.get(row["key"]),
+         "item": orjson.loads(row["body"])}
+        for row in rows
+    ]  # fmt: skip
+    return items, int(total)
 
 
 def pending_count(store: Store) -> int:
