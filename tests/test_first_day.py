@@ -92,3 +92,55 @@ def test_dry_run_without_state_says_it_would_record_a_baseline(upstream, write_c
     rebaseline = pollhook("poll", "t", "--dry-run", "-c", str(changed))
     assert "detection settings changed for source 't'" in rebaseline.stderr
     assert "baseline of 3 items" in rebaseline.stderr
+
+
+def test_send_test_delivers_a_signed_test_event_and_records_nothing(write_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from servers import Receiver
+
+    answers = iter([(200, {}, b"thanks, got it"), (503, {}, b"down for maintenance")])
+    receiver = Receiver(plan=lambda i, req: next(answers))
+    cfg = write_config(f"""
+        state: s.db
+        sources:
+          - name: t
+            url: {NOBODY}/t
+            interval: 1h
+        subscribers:
+          - name: helpdesk
+            url: {receiver.url}/hooks
+            secret: {SECRET}
+            headers:
+              X-Team: ops
+        """)  # fmt: skip
+    try:
+        result = pollhook("send-test", "helpdesk", "--json", "-c", str(cfg))
+        assert result.returncode == 0, result.stderr
+        [answer] = json.loads(result.stdout)
+        assert (answer["status_code"], answer["ok"]) == (200, True)
+        assert answer["response_body"] == "thanks, got it"
+        [request] = receiver.requests
+        Webhook(SECRET).verify(request.body, request.headers)  # the reference library
+        body = json.loads(request.body)
+        assert body["type"] == "pollhook.test" and body["data"]["subscriber"] == "helpdesk"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", body["timestamp"])
+        assert request.headers["webhook-id"] == answer["event_id"]
+        assert request.headers["content-type"] == "application/json"
+        assert request.headers["user-agent"].startswith("pollhook/")
+        assert request.headers["x-team"] == "ops"
+
+        failed = pollhook("send-test", "helpdesk", "-c", str(cfg))
+        assert failed.returncode == 1
+        assert "503" in failed.stdout and "down for maintenance" in failed.stdout
+    finally:
+        receiver.close()
+    assert not (tmp_path / "s.db").exists()  # no event, no delivery: not even a state file
+
+    refused = write_config(f"subscribers:\n  - name: gone\n    url: {NOBODY}/h\n"
+                           f"sources:\n  - name: t\n    url: {NOBODY}/t\n    interval: 1h\n",
+                           "refused.yaml")  # fmt: skip
+    nobody = pollhook("send-test", "gone", "-c", str(refused))
+    assert nobody.returncode == 1 and "connect" in nobody.stdout.lower()
+    typo = pollhook("send-test", "helpdsk", "-c", str(cfg))
+    assert typo.returncode == 2 and "did you mean 'helpdesk'?" in typo.stderr

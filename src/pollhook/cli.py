@@ -45,7 +45,7 @@ from .output import print_json, print_rows, print_table, when
 
 if TYPE_CHECKING:
     from .poll import DryRun
-    from .store import Store
+    from .store import Outcome, Store
 
 log = logging.getLogger("pollhook")
 DEFAULT_CONFIG = "sources.yaml"
@@ -119,6 +119,55 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{len(config.subscribers)} subscribers)"
     )
     return 0
+
+
+def cmd_send_test(args: argparse.Namespace) -> int:
+    """Send a `pollhook.test` event to one subscriber now and show its answer.
+
+    It goes out exactly as a delivery does (signed with the subscriber's
+    secret, the same headers, timeout and redirect rule) but is recorded
+    nowhere: no event, no delivery. Exit 0 on a 2xx answer, 1 otherwise. It
+    needs the subscriber's secret, so the config is loaded whole, as for `run`.
+
+    example: pollhook send-test helpdesk
+    example: pollhook send-test helpdesk --json | jq '.[0].status_code'
+    """
+    import asyncio
+
+    from .deliver import send_test
+    from .request import session
+
+    config = load_config(args.config or DEFAULT_CONFIG)
+    sub = config.subscriber(args.subscriber)
+    if sub is None:
+        known = [s.name for s in config.subscribers]
+        hint = (
+            did_you_mean(args.subscriber, known) or f" (subscribers: {', '.join(known) or 'none'})"
+        )
+        raise UsageError(f"no subscriber {args.subscriber!r} in {config.path}{hint}")
+
+    async def main() -> Outcome:
+        client = session()
+        try:
+            return await send_test(client, sub)
+        finally:
+            await client.close()
+
+    outcome = asyncio.run(main())
+    ok = outcome.status_code is not None and 200 <= outcome.status_code < 300
+    answer = {
+        "subscriber": sub.name, "event_id": outcome.event_id, "ok": ok,
+        "status_code": outcome.status_code, "duration_ms": outcome.duration_ms,
+        "error": outcome.error, "response_body": outcome.response_body,
+    }  # fmt: skip
+    print_rows(
+        [answer],
+        [("subscriber", "subscriber", None), ("event", "event_id", None),
+         ("status", "status_code", None), ("ms", "duration_ms", lambda v: f"{v:.0f}"),
+         ("error", "error", None), ("response", "response_body", lambda v: (v or "")[:200])],
+        args.json,
+    )  # fmt: skip
+    return 0 if ok else 1
 
 
 def cmd_secret(args: argparse.Namespace) -> int:
@@ -476,6 +525,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "poll": cmd_poll,
     "items": cmd_items,
     "secret": cmd_secret,
+    "send-test": cmd_send_test,
 }
 
 
@@ -574,6 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument(
         "--bytes", type=int, default=32, help="random bytes in the secret (24..64, default 32)"
     )
+    stt = command("send-test")
+    stt.add_argument("subscriber", metavar="NAME")
+    stt.add_argument("--json", action="store_true", help="machine-readable output")
     rs = command("resume")
     rs.add_argument("subscriber")
     rs.add_argument("--db", help="state file")
