@@ -69,7 +69,7 @@ def test_check_warns_about_a_subscriber_without_a_secret(tmp_path: Path) -> None
     assert result.returncode == 0 and result.stdout.startswith("ok:")
     [warning] = result.stderr.splitlines()
     assert "warning" in warning and "'open-door' has no secret" in warning
-    assert "pollhook secret" in warning and "signed" not in warning.replace("not signed", "")
+    assert "pollhook secret" in warning and "signed" not in warning.replace("unsigned", "")
 
 
 def test_dry_run_without_state_says_it_would_record_a_baseline(upstream, write_config) -> None:  # type: ignore[no-untyped-def]

@@ -111,7 +111,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not sub.secrets:
             print(
                 f"pollhook: warning: {config.path}: subscriber '{sub.name}' has no secret: its"
-                f" webhooks are not signed, so it cannot tell them from forgeries{MAKE_SECRET}",
+                f" webhooks go out unsigned, so it cannot tell them from forgeries{MAKE_SECRET}",
                 file=sys.stderr,
             )
     print(

@@ -23,9 +23,6 @@ if TYPE_CHECKING:
     from aiohttp import web
     from prometheus_client import Counter, Gauge, Histogram
 
-    from . import process_metrics
-
-    process_metrics.install()
 log = logging.getLogger("pollhook.metrics")
 
 
