@@ -404,7 +404,45 @@ BAD: list[Any] = [
         id="yaml-bad-indent",
     ),
     pytest.param("a: 1\n---\nb: 2\n", {}, 2, ["single document"], id="yaml-two-documents"),
-    pytest.param("sources: [\n", {}, 2, ["YAML syntax error"], id="yaml-unclosed-flow"),
+    pytest.param("sources: [\n", {}, 1, ["YAML syntax error"], id="yaml-unclosed-flow"),
+    # mistakes PyYAML notices only on a later line: the error names the line of the mistake
+    pytest.param(
+        'sources:\n  - name: "a\n    url: http://x\n    interval: 5\n', {}, 2,
+        ["YAML syntax error", "quote", "not closed", "line 5"], id="yaml-unclosed-quote",
+    ),
+    pytest.param(
+        "sources:\n  - name: 'a\n    url: 'http://x'\n    interval: 5\n", {}, 2,
+        ["YAML syntax error", "quote"], id="yaml-unclosed-quote-closed-later",
+    ),
+    pytest.param(
+        "sources:\n  - name: a\n    ignore: [a, b\n\n    url: http://x\n", {}, 3,
+        ["YAML syntax error", "'[' opened here is not closed", "line 5"],
+        id="yaml-unclosed-bracket",
+    ),
+    pytest.param(
+        "http: {timeout: 1s\nsources:\n  - name: a\n", {}, 1,
+        ["YAML syntax error", "'{' opened here is not closed"], id="yaml-unclosed-brace",
+    ),
+    pytest.param(
+        "sources:\n  - name: a\n    ignore: [a, b\n\n# the end\n", {}, 3,
+        ["YAML syntax error", "not closed", "end of the file"], id="yaml-unclosed-bracket-at-end",
+    ),
+    pytest.param(
+        "sources:\n  - name a\n    url: http://x\n", {}, 2,
+        ["YAML syntax error", "missing ':'"], id="yaml-missing-colon-before-indented-line",
+    ),
+    pytest.param(
+        "sources:\n  - name: a\n    url: http://x\n   interval: 5\n", {}, 4,
+        ["YAML syntax error"], id="yaml-bad-indent-less",
+    ),
+    pytest.param(
+        "sources:\n  - name: a\n    url: http://x\n      interval: 5\n", {}, 4,
+        ["YAML syntax error"], id="yaml-bad-indent-more",
+    ),
+    pytest.param(
+        "sources:\n  - name: a\n    url: x\n    \tinterval: 1\n", {}, 4,
+        ["YAML syntax error", "\\t"], id="yaml-tab-inside-indent",
+    ),
     pytest.param("x: *nowhere\n", {}, 1, ["nowhere"], id="yaml-unknown-alias"),
     pytest.param("sources: !!python/name:os.system\n", {}, 1, ["tag"], id="yaml-unsafe-tag"),
     pytest.param(

@@ -33,3 +33,19 @@ def test_demo_shows_changes_arriving_signed_and_exits_zero() -> None:
     changes, received, verified = map(int, summary.groups())
     assert changes >= 1 and received >= changes and verified == received
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_demo_still_works_after_sources_yaml_became_the_users_own(tmp_path: Path) -> None:
+    """The quick start's next step is editing ./sources.yaml: the demo must not depend on it."""
+    (tmp_path / "sources.yaml").write_text(
+        "sources:\n  - name: jira\n    url: https://jira.example.com/rest/api/2/search\n"
+        "    interval: 5m\n    items: issues\n    key: key\n"
+    )  # the user's own: another API, no subscriber
+    result = pollhook("demo", "--duration", "4", cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "receiver | item.created" in result.stdout and "signature ok" in result.stdout
+    assert "jira" not in result.stdout + result.stderr
+    assert not (tmp_path / "pollhook.db").exists()  # the demo's state is thrown away
+
+    other = pollhook("demo", "--duration", "4", "-c", str(tmp_path / "sources.yaml"), cwd=ROOT)
+    assert other.returncode == 2 and "the demo needs a subscriber" in other.stderr

@@ -230,3 +230,15 @@ def test_contract_example_body() -> None:
             "changes": [{"op": "replace", "path": "/status", "value": "closed"}],
         },
     }
+
+
+def test_changes_leave_out_ignored_paths_but_item_and_previous_stay_whole() -> None:
+    before = {"id": 42, "status": "open", "updated_at": "10:00", "meta": {"etag": "a", "n": 1}}
+    after = {"id": 42, "status": "closed", "updated_at": "11:00", "meta": {"etag": "b", "n": 1}}
+    ignore = ("updated_at", "meta.etag")
+    [change] = changes_for(
+        Delta(updated=["42"]), {"42": Item("42", "h", after)}, {"42": before}, ignore
+    )
+    assert change.changes == [{"op": "replace", "path": "/status", "value": "closed"}]
+    assert (change.item, change.previous) == (after, before)
+    assert before["meta"] == {"etag": "a", "n": 1}  # nothing was removed from the values

@@ -147,3 +147,40 @@ def test_a_metrics_port_in_use_is_one_clear_line_and_exit_1(tmp_path, write_conf
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"pollhook: error: --metrics: cannot listen on 127.0.0.1:{port}")
     assert "internal error" not in done.stderr
+
+
+def test_sighup_warns_about_state_only_while_it_differs_from_the_file_in_use(
+    upstream, write_config, tmp_path
+):  # type: ignore[no-untyped-def]
+    """The warning compares with the file the daemon runs on, not with the last config read."""
+    import subprocess
+    import sys
+
+    base = f"sources:\n  - name: a\n    url: {upstream.url}/a\n    interval: 1h\n"
+    cfg = write_config("state: one.db\n" + base)
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pollhook", "run", "-c", str(cfg)],  # no --db: `state:` decides
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: "running:" in log.read_text(), "the daemon running")
+        assert (tmp_path / "one.db").exists()
+
+        def reload(text: str, n: int) -> int:
+            write_config(text)
+            proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: log.read_text().count("reloaded:") == n, f"reload {n}")
+            return log.read_text().count("reload: 'state'")  # the warning
+
+        assert reload("state: two.db\n" + base, 1) == 1
+        assert reload("state: ./one.db\n" + base, 2) == 1  # back to the file in use: quiet
+        assert str(tmp_path / "two.db") in log.read_text()
+        assert reload(base, 3) == 2  # the default, ./pollhook.db, is another file again
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

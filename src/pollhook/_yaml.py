@@ -214,7 +214,7 @@ def load_yaml(path: Path) -> Any:
     except ConfigError as exc:
         raise ConfigError(f"{path}, {exc}") from None
     except yaml.MarkedYAMLError as exc:
-        raise ConfigError(f"{path}, {_syntax_message(exc)}") from None
+        raise ConfigError(f"{path}, {_syntax_message(exc, text)}") from None
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         raise ConfigError(
@@ -254,24 +254,74 @@ _TOKENS = {
 }
 
 
-def _syntax_message(exc: yaml.MarkedYAMLError) -> str:
+def _syntax_message(exc: yaml.MarkedYAMLError, text: str) -> str:
     """`line N: YAML syntax error: problem (context at line M)`, pointing at the likely culprit."""
     problem_line = exc.problem_mark.line + 1 if exc.problem_mark else None
     context_line = exc.context_mark.line + 1 if exc.context_mark else None
     line = problem_line or context_line
     if exc.context and "simple key" in exc.context:  # a missing ':' is noticed one line late
         line = context_line or line
-    message = exc.problem or exc.context or "invalid YAML"
+    culprit = _culprit(exc, text)
+    hint = found = ""
+    if culprit is not None and culprit[0] != line:
+        line, hint = culprit[0], f"{culprit[1]}: "
+        found = f" at line {problem_line}" if problem_line and problem_line != line else ""
+    message = (exc.problem or exc.context or "invalid YAML") + (found if exc.problem else "")
     if exc.context and exc.problem:
         at = f" at line {context_line}" if context_line and context_line != line else ""
         if exc.problem.startswith("but "):  # "expected X, but found Y" reads as one phrase
-            message = f"{exc.context}{at}, {exc.problem}"
+            message = f"{exc.context}{at}, {exc.problem}{found}"
         else:
             message = f"{message} ({exc.context}{at})"
     for token, words in _TOKENS.items():
         message = message.replace(token, words)
     where = f"line {line}: " if line else ""
-    return one_line(f"{where}YAML syntax error: {message}")
+    return one_line(f"{where}YAML syntax error: {hint}{message}")
+
+
+def _culprit(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, str] | None:
+    """The line of a mistake that PyYAML notices only on a later line, and what it likely is.
+
+    An unclosed quote or bracket runs on until something cannot fit (a later
+    `key:`, another quote, the end of the file), and a key missing its ':'
+    runs into the next line's text; the error then names that later line.
+    """
+    problem, context, what = exc.problem_mark, exc.context or "", exc.problem or ""
+    if problem is None or "simple key" in context:  # `_syntax_message` has that one right
+        return None
+    if exc.context_mark is not None and exc.context_mark.line < problem.line:
+        if "quoted scalar" in context and "unexpected" in what:
+            return exc.context_mark.line + 1, "a quote opened here is not closed"
+        if "flow sequence" in context or "flow mapping" in context:
+            bracket = "[" if "sequence" in context else "{"
+            return exc.context_mark.line + 1, f"'{bracket}' opened here is not closed"
+    tokens = _tokens_before(text, problem.index)
+    scalars = [(i, t) for i, t in enumerate(tokens) if isinstance(t, yaml.ScalarToken)]
+    if scalars:
+        index, last = scalars[-1]
+        first_line, multi_line = last.start_mark.line + 1, last.end_mark.line > last.start_mark.line
+        if multi_line and last.style in ("'", '"') and last.end_mark.line <= problem.line:
+            return first_line, "the quote opened here closes only on a later line"
+        after_value = index > 0 and isinstance(tokens[index - 1], yaml.ValueToken)
+        if multi_line and last.style is None and not after_value and "mapping values" in what:
+            return first_line, "missing ':' after the key here?"
+    if "<stream end>" in what and tokens:  # the file ended early: name its last text
+        return tokens[-1].end_mark.line + 1, "unfinished at the end of the file"
+    return None
+
+
+def _tokens_before(text: str, index: int) -> list[yaml.Token]:
+    """The tokens PyYAML's scanner reads before `index` (it stops at its own errors)."""
+    tokens: list[yaml.Token] = []
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if token.start_mark.index >= index or isinstance(token, yaml.StreamEndToken):
+                break
+            if not isinstance(token, yaml.StreamStartToken):
+                tokens.append(token)
+    except yaml.YAMLError:
+        pass
+    return tokens
 
 
 def show(value: Any, limit: int = 60) -> str:

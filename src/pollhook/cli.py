@@ -8,55 +8,94 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import Config, default_state_path, load_config, parse_duration
+from .config import (
+    MAKE_SECRET,
+    SECRET_BYTES,
+    Config,
+    NamesState,
+    default_state_path,
+    did_you_mean,
+    load_config,
+    new_secret,
+    parse_duration,
+    state_path,
+)
+from .config_outline import (
+    LOCAL_STATE,
+    UNIT_STATE,
+    Outline,
+    default_config,
+    found_state,
+    load_outline,
+)
 from .errors import ConfigError, PollhookError, UsageError
 from .logs import setup_logging
 from .output import print_json, print_rows, print_table, when
 from .redact import printable
+
+if TYPE_CHECKING:
+    from .poll import DryRun
+    from .store import Outcome, Store
 
 log = logging.getLogger("pollhook")
 DEFAULT_CONFIG = "sources.yaml"
 
 
 def _db_path(args: argparse.Namespace, config: Config | None) -> Path:
-    args.state_path = _resolve_db_path(args, config)  # named by errors the store cannot name
-    path: Path = args.state_path
+    """The daemon's state file: `--db`, `state:`, `$STATE_DIRECTORY/pollhook.db`, `./pollhook.db`."""
+    path = Path(args.db) if args.db else state_path(config) if config else default_state_path()
+    args.state_path = path  # named by errors the store cannot name
     return path
 
 
-def _resolve_db_path(args: argparse.Namespace, config: Config | None) -> Path:
-    if getattr(args, "db", None):
-        return Path(args.db)
-    if config is not None and config.state is not None:
-        state = config.state.expanduser()
-        return state if state.is_absolute() else config.path.parent / state
-    return default_state_path()
+def _found_db_path(args: argparse.Namespace, config: NamesState | None) -> Path:
+    """The state file an operator means: as the daemon finds it, or the one that exists.
 
-
-def _optional_config(args: argparse.Namespace) -> Config | None:
-    """Inspection commands need the config only for `state:` and names.
-
-    With `--db` and no `-c`, or with no ./sources.yaml, they work without one.
+    Where nothing names it (no `--db`, `state:` or `$STATE_DIRECTORY`), that is
+    `./pollhook.db`, else the systemd unit's `/var/lib/pollhook/pollhook.db`.
     """
-    if args.config is None and (getattr(args, "db", None) or not Path(DEFAULT_CONFIG).exists()):
-        return None
-    return load_config(args.config or DEFAULT_CONFIG)
+    if args.db:
+        path = Path(args.db)
+    elif (config is not None and config.state is not None) or os.environ.get("STATE_DIRECTORY"):
+        path = state_path(config) if config else default_state_path()
+    else:
+        path = found_state() or LOCAL_STATE
+    args.state_path = path
+    return path
 
 
-def _open_store(args: argparse.Namespace, config: Config | None):  # type: ignore[no-untyped-def]
+def _optional_config(args: argparse.Namespace) -> Outline | None:
+    """Inspection commands read only `state:` and names, never secrets (config_outline.py).
+
+    With `--db` and no `-c` they need no config; otherwise they read `-c`,
+    else ./sources.yaml, else the systemd unit's /etc/pollhook/sources.yaml.
+    """
+    if args.config:
+        return load_outline(args.config)
+    found = None if args.db else default_config()
+    return load_outline(found) if found else None
+
+
+def _open_store(args: argparse.Namespace, config: Outline | None) -> Store:
     from .store import Store
 
-    path = _db_path(args, config)
+    path = _found_db_path(args, config)
     if not path.exists():
-        raise UsageError(f"{path}: no state file yet (run `pollhook run` first, or pass --db)")
+        looked = "" if path != LOCAL_STATE else f" nor {UNIT_STATE}"
+        raise UsageError(
+            f"{path}: no state file yet{looked} (run `pollhook run` first, or pass --db PATH)"
+        )
     return Store(path)
 
 
@@ -69,10 +108,82 @@ def cmd_check(args: argparse.Namespace) -> int:
     example: pollhook check -c /etc/pollhook/sources.yaml
     """
     config = load_config(args.config or DEFAULT_CONFIG)
+    for sub in config.subscribers:
+        if not sub.secrets:
+            print(
+                f"pollhook: warning: {config.path}: subscriber '{sub.name}' has no secret: its"
+                f" webhooks go out unsigned, so it cannot tell them from forgeries{MAKE_SECRET}",
+                file=sys.stderr,
+            )
     print(
         f"ok: {config.path} is valid ({len(config.sources)} sources, "
         f"{len(config.subscribers)} subscribers)"
     )
+    return 0
+
+
+def cmd_send_test(args: argparse.Namespace) -> int:
+    """Send a `pollhook.test` event to one subscriber now and show its answer.
+
+    It goes out exactly as a delivery does (signed with the subscriber's
+    secret, the same headers, timeout and redirect rule) but is recorded
+    nowhere: no event, no delivery. Exit 0 on a 2xx answer, 1 otherwise. It
+    needs the subscriber's secret, so the config is loaded whole, as for `run`.
+
+    example: pollhook send-test helpdesk
+    example: pollhook send-test helpdesk --json | jq '.[0].status_code'
+    """
+    import asyncio
+
+    from .deliver import send_test
+    from .request import session
+
+    config = load_config(args.config or DEFAULT_CONFIG)
+    sub = config.subscriber(args.subscriber)
+    if sub is None:
+        known = [s.name for s in config.subscribers]
+        hint = (
+            did_you_mean(args.subscriber, known) or f" (subscribers: {', '.join(known) or 'none'})"
+        )
+        raise UsageError(f"no subscriber {args.subscriber!r} in {config.path}{hint}")
+
+    async def main() -> Outcome:
+        client = session()
+        try:
+            return await send_test(client, sub)
+        finally:
+            await client.close()
+
+    outcome = asyncio.run(main())
+    ok = outcome.status_code is not None and 200 <= outcome.status_code < 300
+    answer = {
+        "subscriber": sub.name, "event_id": outcome.event_id, "ok": ok,
+        "status_code": outcome.status_code, "duration_ms": outcome.duration_ms,
+        "error": outcome.error, "response_body": outcome.response_body,
+    }  # fmt: skip
+    print_rows(
+        [answer],
+        [("subscriber", "subscriber", None), ("event", "event_id", None),
+         ("status", "status_code", None), ("ms", "duration_ms", lambda v: f"{v:.0f}"),
+         ("error", "error", None), ("response", "response_body", lambda v: (v or "")[:200])],
+        args.json,
+    )  # fmt: skip
+    return 0 if ok else 1
+
+
+def cmd_secret(args: argparse.Namespace) -> int:
+    """Print a fresh Standard Webhooks secret: `whsec_` + base64 of random bytes.
+
+    Give the same secret to the receiver and to pollhook (`secret:` in the
+    config, through `${VAR}` or `${file:NAME}`).
+
+    example: pollhook secret
+    example: pollhook secret > /etc/pollhook/helpdesk_secret && chmod 600 /etc/pollhook/helpdesk_secret
+    """
+    low, high = SECRET_BYTES
+    if not low <= args.bytes <= high:
+        raise UsageError(f"--bytes {args.bytes}: a secret has {low} to {high} bytes")
+    print(new_secret(args.bytes))
     return 0
 
 
@@ -94,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     listen = _listen_address(args.metrics) if args.metrics else None
 
     async def main() -> int:
-        async with Daemon(config, db_path, metrics_listen=listen) as daemon:
+        async with Daemon(config, db_path, metrics_listen=listen, db_fixed=bool(args.db)) as daemon:
             if args.once:
                 results = await daemon.run_once()
                 failed = [r for r in results if not r.ok]
@@ -156,6 +267,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     store = _open_store(args, config)
     now = time.time()
     try:
+        if args.subscriber:
+            _known_subscriber(args.subscriber, config, store)
         if args.dead:
             if not args.subscriber:
                 raise UsageError("replay --dead needs --subscriber NAME")
@@ -191,8 +304,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     example: pollhook resume helpdesk
     """
-    store = _open_store(args, _optional_config(args))
+    config = _optional_config(args)
+    store = _open_store(args, config)
     try:
+        _known_subscriber(args.subscriber, config, store)
         if store.resume_subscriber(args.subscriber):
             print(f"resumed {args.subscriber}")
             return 0
@@ -200,6 +315,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def _known_subscriber(name: str, config: Outline | None, store: Store) -> None:
+    """A name neither the config nor the state file knows is a typo: exit 2, not a no-op."""
+    configured = {s.name for s in config.subscribers} if config else set()
+    if name in configured:
+        return
+    known = configured | store.subscriber_names()
+    if name not in known:
+        where = f"{config.path} or {store.path}" if config else str(store.path)
+        hint = did_you_mean(name, known) or f" (known: {', '.join(sorted(known)) or 'none'})"
+        raise UsageError(f"no subscriber {name!r} in {where}{hint}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -259,6 +386,37 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_items(args: argparse.Namespace) -> int:
+    """List the items a source tracks: key, hash and last change, in key order.
+
+    The last change is the newest kept event that created or changed the item:
+    '-' for items unchanged since a silent baseline, or whose events
+    retention has pruned. --json adds each stored item.
+
+    example: pollhook items tickets --limit 20
+    example: pollhook items tickets --json | jq '.[] | select(.item.status == "open")'
+    """
+    from .report import tracked_items
+
+    config = _optional_config(args)
+    store = _open_store(args, config)
+    try:
+        known = store.source_names() | {s.name for s in (config.sources if config else ())}
+        if args.source not in known:
+            hint = did_you_mean(args.source, known) or f" (sources: {', '.join(sorted(known))})"
+            raise UsageError(f"no source {args.source!r} in {store.path}{hint}")
+        rows, total = tracked_items(store, args.source, args.limit)
+    finally:
+        store.close()
+    print_rows(
+        rows, [("key", "key", None), ("hash", "hash", None), ("last change", "changed_at", when)],
+        args.json,
+    )  # fmt: skip
+    if total > len(rows):
+        print(f"showing {len(rows)} of {total} items (--limit N for more)", file=sys.stderr)
+    return 0
+
+
 def cmd_poll(args: argparse.Namespace) -> int:
     """Fetch one source now and print the events a poll would send; with --dry-run, change nothing.
 
@@ -283,22 +441,19 @@ def cmd_poll(args: argparse.Namespace) -> int:
     if source is None:
         names = ", ".join(s.name for s in config.sources)
         raise UsageError(f"no source {args.source!r} in {config.path} (sources: {names})")
-    path = _db_path(args, config)
+    path = _found_db_path(args, config)
 
     async def main(db_path: Path) -> int:
         client = session()
         db = StoreRunner(Store(db_path))
         try:
-            write = await dry_run(db, client, config, source)
+            result = await dry_run(db, client, config, source)
         finally:
             await client.close()
             db.close()
-        for event in write.events:
+        for event in result.write.events:
             sys.stdout.write(event.body.decode() + "\n")
-        print(
-            f"dry run: {len(write.events)} events from {write.items_count} items; nothing written",
-            file=sys.stderr,
-        )
+        print(f"dry run: {_dry_run_summary(result)}; nothing written", file=sys.stderr)
         return 0
 
     if path.exists():
@@ -310,11 +465,32 @@ def cmd_poll(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the offline demo: a changing local API, a verifying receiver, pollhook between.
 
+    It runs on its own packaged copy of the repository's sources.yaml, so a
+    ./sources.yaml edited into your own config does not change it; -c runs
+    it on another file (its first source and subscriber).
+
     example: pollhook demo --duration 60
     """
     from .demo import run_demo
 
-    return run_demo(duration=args.duration, config_path=Path(args.config or DEFAULT_CONFIG))
+    return run_demo(duration=args.duration, config_path=Path(args.config) if args.config else None)
+
+
+def _dry_run_summary(result: DryRun) -> str:
+    """What the poll would do, in words: a baseline is not "no change"."""
+    write = result.write
+    count = f"{write.items_count} item{'' if write.items_count == 1 else 's'}"
+    if result.baseline is None:
+        return f"{len(write.events)} events from {count}"
+    sends = (
+        f"send item.created for each ({len(write.events)} events, emit_initial: true)"
+        if write.events
+        else "send nothing"
+    )
+    return (
+        f"{result.baseline} for source '{write.source}': this poll would record a baseline of"
+        f" {count} and {sends}"
+    )
 
 
 def _listen_address(text: str) -> tuple[str, int]:
@@ -351,6 +527,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "events": cmd_events,
     "poll": cmd_poll,
+    "items": cmd_items,
+    "secret": cmd_secret,
+    "send-test": cmd_send_test,
 }
 
 
@@ -376,14 +555,19 @@ def build_parser() -> argparse.ArgumentParser:
     _logging_options(parser, default=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, **kwargs: object) -> argparse.ArgumentParser:
+    def command(name: str, config: bool = True) -> argparse.ArgumentParser:
         func = COMMANDS[name]
         doc = (func.__doc__ or "").strip()
         p = sub.add_parser(
             name, help=doc.splitlines()[0], description=doc,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
-        p.add_argument("-c", "--config", help="config file (default: ./sources.yaml)")
+        if config:
+            p.add_argument(
+                "-c", "--config",
+                help="config file (default: the packaged demo's)" if name == "demo"
+                else "config file (default: ./sources.yaml)",
+            )  # fmt: skip
         _logging_options(p, default=False)  # `pollhook run --log-level debug` works too
         p.set_defaults(func=func)
         return p
@@ -435,6 +619,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--type", metavar="EVENT_TYPE")
     ev.add_argument("--limit", type=int, default=50)
     ev.add_argument("--json", action="store_true", help="machine-readable output")
+    it = command("items")
+    it.add_argument("source", metavar="SOURCE")
+    it.add_argument("--db", help="state file")
+    it.add_argument("--limit", type=int, default=50)
+    it.add_argument("--json", action="store_true", help="machine-readable output, with each item")
+    se = command("secret", config=False)
+    se.add_argument(
+        "--bytes", type=int, default=32, help="random bytes in the secret (24..64, default 32)"
+    )
+    stt = command("send-test")
+    stt.add_argument("subscriber", metavar="NAME")
+    stt.add_argument("--json", action="store_true", help="machine-readable output")
     rs = command("resume")
     rs.add_argument("subscriber")
     rs.add_argument("--db", help="state file")
@@ -445,7 +641,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, not at exit: a reader gone away (`| head`) is caught below
+        return code
+    except BrokenPipeError:
+        _reader_gone()
+        return 1  # not reached: SIGPIPE ends the process
     except (ConfigError, UsageError) as exc:
         print(f"pollhook: error: {exc}", file=sys.stderr)
         return 2
@@ -466,6 +667,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _reader_gone() -> None:
+    """The reader of our stdout left (`pollhook deliveries | head -1`): end as Unix tools do.
+
+    Python ignores SIGPIPE and raises BrokenPipeError instead; the quiet way out
+    is the signal's own default action, so a shell sees 141 as for `ls | head`,
+    and nothing is printed. stdout goes to /dev/null first: the exit must not
+    try to flush the rest of the buffer into the closed pipe again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,13 @@ import functools
 import hashlib
 import os
 import re
+import secrets
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jmespath
 import jmespath.exceptions
@@ -228,12 +229,35 @@ def parse_size(value: Any) -> int:
     return size
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` when one of `choices` is close to `word`, else ''."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def default_state_path() -> Path:
     """`$STATE_DIRECTORY/pollhook.db` under systemd, else `./pollhook.db`."""
     state_dir = os.environ.get("STATE_DIRECTORY")
     if state_dir:
         return Path(state_dir.split(":")[0]) / "pollhook.db"
     return Path("pollhook.db")
+
+
+class NamesState(Protocol):
+    """A config, or the outline of one (config_outline.py): where it is, what `state:` says."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def state(self) -> Path | None: ...
+
+
+def state_path(config: NamesState) -> Path:
+    """The state file `config` names: `state:` (relative to the config's folder) or the default."""
+    if config.state is None:
+        return default_state_path()
+    state = config.state.expanduser()
+    return state if state.is_absolute() else config.path.parent / state
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -266,9 +290,8 @@ class _Validator:
         allowed = required + optional
         for key in node:
             if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                known = "" if close else f" (known keys: {', '.join(allowed)})"
+                hint = did_you_mean(str(key), allowed)
+                known = "" if hint else f" (known keys: {', '.join(allowed)})"
                 raise self.fail(node.key_lines[key], where, f"unknown key '{key}'{hint}{known}")
         for key in required:
             if key not in node:
@@ -604,8 +627,7 @@ class _Validator:
         out = set()
         for value, line in self.string_list(node, key, where):
             if value not in allowed:
-                close = difflib.get_close_matches(value, sorted(allowed), n=1, cutoff=0.6)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                hint = did_you_mean(value, allowed)
                 raise self.fail(line, where, f"'{key}': unknown {what} '{value}'{hint}")
             out.add(value)
         return out
@@ -630,16 +652,29 @@ class _Validator:
     def secrets(self, node: LineMap, where: str) -> tuple[str, ...]:
         if "secret" not in node or node["secret"] in ("", None):
             return ()
+        try:
+            entries = self.string_list(node, "secret", where)
+        except ConfigError as exc:  # an unset variable, an unreadable file, not a string
+            raise ConfigError(f"{exc}{MAKE_SECRET}") from None
         out = []
-        for secret, line in self.string_list(node, "secret", where):
+        for secret, line in entries:
             secret = secret.strip()
             if not secret:
                 continue
             problem = secret_problem(secret)
             if problem:
-                raise self.fail(line, where, f"'secret' {problem}")
+                raise self.fail(line, where, f"'secret' {problem}{MAKE_SECRET}")
             out.append(secret)
         return tuple(out)
+
+
+MAKE_SECRET = " (make one with `pollhook secret`)"
+SECRET_BYTES = (24, 64)  # what a Standard Webhooks secret may decode to
+
+
+def new_secret(size: int = 32) -> str:
+    """A fresh Standard Webhooks secret: `whsec_` + base64 of `size` random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(size)).decode()
 
 
 def secret_problem(secret: str) -> str | None:
@@ -650,8 +685,9 @@ def secret_problem(secret: str) -> str | None:
         key = base64.b64decode(secret[len("whsec_") :], validate=True)
     except (binascii.Error, ValueError):
         return "is not valid base64 after 'whsec_'"
-    if not 24 <= len(key) <= 64:
-        return f"must decode to 24..64 bytes, got {len(key)}"
+    low, high = SECRET_BYTES
+    if not low <= len(key) <= high:
+        return f"must decode to {low}..{high} bytes, got {len(key)}"
     return None
 
 
@@ -692,9 +728,7 @@ def _function_problem(node: Any) -> str | None:
         name, args = node["value"], len(node["children"])
         table = _FUNCTIONS.FUNCTION_TABLE
         if name not in table:
-            close = difflib.get_close_matches(name, sorted(table), n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            return f"unknown function {name}(){hint}"
+            return f"unknown function {name}(){did_you_mean(name, table)}"
         signature = table[name]["signature"]
         variadic = bool(signature) and signature[-1].get("variadic", False)
         if args < len(signature) or (args > len(signature) and not variadic):

@@ -25,14 +25,14 @@ from typing import Any
 import aiohttp
 
 from . import metrics
-from .config import Config, load_config
+from .config import Config, load_config, state_path
 from .deliver import DeliveryWorker
 from .errors import ConfigError
 from .fetch import host_key
 from .metrics import MetricsServer
 from .notify import Notifier
 from .poll import Poller, PollResult
-from .report import outbox_snapshot, pending_count
+from .report import pending_count, scrape_snapshot
 from .request import session
 from .schedule import PollSchedule
 from .store import Store
@@ -67,9 +67,10 @@ class Daemon:
 
     def __init__(
         self, config: Config, db_path: Path, client: aiohttp.ClientSession | None = None,
-        metrics_listen: tuple[str, int] | None = None,
+        metrics_listen: tuple[str, int] | None = None, db_fixed: bool = False,
     ) -> None:  # fmt: skip
         self.config = config
+        self.db_fixed = db_fixed  # `--db`: the config's `state:` does not choose the file
         self.metrics_listen = metrics_listen
         self.metrics: MetricsServer | None = None
         self.db_path = db_path
@@ -134,7 +135,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         if self.metrics_listen:  # first: it turns the metrics on, and polls must be counted
             host, port = self.metrics_listen
-            self.metrics = MetricsServer(host, port, self._outbox, self._alive)
+            self.metrics = MetricsServer(host, port, self._scrape, self._alive)
             await self.metrics.start()
         self.schedule.start(self.config.sources)
         self.state = "running"
@@ -264,8 +265,10 @@ class Daemon:
         except sqlite3.Error as exc:
             log.warning("could not record the last unchanged polls (state file: %s)", exc)
 
-    async def _outbox(self) -> dict[str, Any]:
-        snapshot: dict[str, Any] = await self.db(outbox_snapshot)
+    async def _scrape(self) -> dict[str, Any]:
+        sources = [s.name for s in self.config.sources]
+        subscribers = [s.name for s in self.config.subscribers]
+        snapshot: dict[str, Any] = await self.db(scrape_snapshot, sources, subscribers)
         return snapshot
 
     async def _status_line(self) -> str:
@@ -284,12 +287,12 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload refused, keeping the previous configuration: %s", exc)
             return
-        if (
-            config.state is not None
-            and self.config.state is not None
-            and config.state != self.config.state
-        ):
-            log.warning("reload: 'state' changed; it takes effect only on restart")
+        wanted = state_path(config)
+        if not self.db_fixed and wanted.resolve() != self.db_path.resolve():
+            log.warning(
+                "reload: 'state' now names %s, but this daemon runs on %s until it restarts",
+                wanted, self.db_path,
+            )  # fmt: skip
         self.config = config
         self.poller.reconfigure(config)
         self.worker.reconfigure(config.subscribers)

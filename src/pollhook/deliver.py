@@ -22,6 +22,7 @@ from standardwebhooks.webhooks import Webhook
 
 from . import metrics
 from .config import Subscriber
+from .events import event_body, new_event_id
 from .fetch import USER_AGENT, describe_error
 from .retry import delivery_delay, parse_retry_after
 from .store import DueDelivery, Outcome, Store
@@ -298,6 +299,21 @@ async def attempt(client: aiohttp.ClientSession, sub: Subscriber, delivery: DueD
         error = describe_error(exc)
     duration_ms = (time.monotonic() - started) * 1000
     return _decide(sub, delivery, status, error, body, retry_after, duration_ms)
+
+
+TEST_EVENT = "pollhook.test"
+
+
+async def send_test(client: aiohttp.ClientSession, sub: Subscriber) -> Outcome:
+    """`pollhook send-test`: one `pollhook.test` event through `attempt`, recorded nowhere.
+
+    The same path as every delivery (headers, signature, timeout, no redirects),
+    so what the receiver sees is what a real change will look like.
+    """
+    now = time.time()
+    data = {"subscriber": sub.name, "message": "a test from `pollhook send-test`; nothing changed"}
+    body = event_body(TEST_EVENT, now, data)
+    return await attempt(client, sub, DueDelivery(0, new_event_id(now), sub.name, 0, body, now))
 
 
 _RESERVED = frozenset({"content-type", "content-length", "transfer-encoding", "host"})

@@ -1,7 +1,8 @@
 """`pollhook demo`: the whole product in one offline terminal session.
 
 A local "legacy" ticket API that only answers when asked changes every few
-seconds; pollhook polls it with the repository's sources.yaml; a local
+seconds; pollhook polls it with a packaged copy of the repository's
+sources.yaml (`-c` for another file); a local
 receiver verifies each Standard Webhooks signature and prints what arrived.
 """
 
@@ -109,7 +110,7 @@ class Receiver:
         return web.Response(status=204)
 
 
-def run_demo(duration: float, config_path: Path) -> int:
+def run_demo(duration: float, config_path: Path | None = None) -> int:
     """Entry point of `pollhook demo`; returns the exit code."""
     config = _demo_config(config_path)
     try:
@@ -118,8 +119,9 @@ def run_demo(duration: float, config_path: Path) -> int:
         raise PollhookError(f"demo cannot start its local servers: {exc}") from None
 
 
-def _demo_config(config_path: Path) -> Config:
-    if config_path.exists():
+def _demo_config(config_path: Path | None) -> Config:
+    """The packaged demo config, not ./sources.yaml: that one becomes the user's own."""
+    if config_path is not None:
         return load_config(config_path)
     bundled = resources.files("pollhook").joinpath("demo_sources.yaml")
     with resources.as_file(bundled) as path:
@@ -140,7 +142,7 @@ async def _main(config: Config, duration: float) -> int:
     _quiet_logs()
     with tempfile.TemporaryDirectory(prefix="pollhook-demo-") as tmp:
         try:
-            async with Daemon(config, Path(tmp) / "demo.db") as daemon:
+            async with Daemon(config, Path(tmp) / "demo.db", db_fixed=True) as daemon:
                 stepper = asyncio.create_task(_script(api, duration))
                 runner = asyncio.create_task(daemon.run())
                 await asyncio.wait({stepper, runner}, return_when=asyncio.FIRST_COMPLETED)

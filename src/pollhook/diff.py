@@ -2,7 +2,7 @@
 
 `compare` only needs hashes, so the store loads full previous items only for
 the keys that actually changed; `changes_for` then builds the events with an
-RFC 6902 patch from the jsonpatch library.
+RFC 6902 patch from the jsonpatch library (without the `ignore` paths).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonpatch
 
-from .extract import Item, value_of
+from .extract import Item, value_of, without_paths
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,20 @@ def compare(stored: Mapping[str, str], fresh: Mapping[str, Item]) -> Delta:
 
 
 def changes_for(
-    delta: Delta, fresh: Mapping[str, Item], previous: Mapping[str, Any]
-) -> list[Change]:
-    """Events for a delta; `previous` holds the stored values of updated and deleted keys."""
+    delta: Delta, fresh: Mapping[str, Item], previous: Mapping[str, Any],
+    ignore: tuple[str, ...] = (),
+) -> list[Change]:  # fmt: skip
+    """Events for a delta; `previous` holds the stored values of updated and deleted keys.
+
+    `changes` leaves the `ignore` paths out: the user declared them noise, and
+    they did not make the update. `item` and `previous` stay whole.
+    """
     out = [Change("item.created", key, value_of(fresh[key].value), None) for key in delta.created]
     for key in delta.updated:
         before, after = previous[key], value_of(fresh[key].value)
-        patch = jsonpatch.make_patch(before, after).patch
+        patch = jsonpatch.make_patch(
+            without_paths(before, ignore), without_paths(after, ignore)
+        ).patch
         out.append(Change("item.updated", key, after, before, patch))
     out.extend(Change("item.deleted", key, None, previous[key]) for key in delta.deleted)
     return out

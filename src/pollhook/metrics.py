@@ -1,8 +1,8 @@
 """Prometheus metrics and /healthz on an optional loopback listener.
 
 Counters and histograms are updated where things happen (poll, deliver);
-outbox depth and the oldest pending age are read from SQLite at scrape time,
-so they are right even after a restart.
+outbox depth, the oldest pending age and the items tracked are read from
+SQLite at scrape time, so they are right even after a restart.
 
 Until `enable()` (called when `--metrics` starts the listener) every metric is
 a no-op stand-in: `run --once` and a daemon without `--metrics` never import
@@ -65,6 +65,9 @@ def enable() -> None:
         return
     from prometheus_client import Counter, Gauge, Histogram
 
+    from . import process_metrics
+
+    process_metrics.install()
     POLLS = Counter("pollhook_polls_total", "Polls by source and outcome", ["source", "outcome"])
     POLL_SECONDS = Histogram(
         "pollhook_poll_duration_seconds", "Poll duration (fetch, parse, diff, commit)", ["source"],
@@ -130,11 +133,12 @@ class MetricsServer:
         from aiohttp import web
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        outbox = await self.refresh()
-        OUTBOX.clear()
-        for subscriber, count in outbox["pending"].items():
-            OUTBOX.labels(subscriber).set(count)
-        oldest = outbox["oldest"]
+        state = await self.refresh()
+        for gauge, key in ((OUTBOX, "pending"), (ITEMS, "items")):
+            gauge.clear()  # names no longer configured (or pending) go away
+            for name, value in state[key].items():
+                gauge.labels(name).set(value)
+        oldest = state["oldest"]
         OLDEST.set(time.time() - oldest if oldest else 0)
         body = generate_latest()
         return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})

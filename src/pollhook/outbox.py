@@ -151,6 +151,17 @@ class Outbox:
             )
         return cursor.rowcount > 0
 
+    def source_names(self) -> set[str]:
+        """Every source the state file has a record of."""
+        return {row[0] for row in self.db.conn.execute("SELECT name FROM sources")}
+
+    def subscriber_names(self) -> set[str]:
+        """Every subscriber the state file knows: with deliveries, a pause or a last success."""
+        rows = self.db.conn.execute(
+            "SELECT DISTINCT subscriber FROM deliveries UNION SELECT name FROM subscribers"
+        )
+        return {row[0] for row in rows}
+
     def paused_subscribers(self) -> dict[str, str]:
         rows = self.db.conn.execute(
             "SELECT name, paused_reason FROM subscribers WHERE paused_at IS NOT NULL"
@@ -169,8 +180,11 @@ class Outbox:
              ("d.event_id", event_id)],
             ["d.status = 'pending' AND d.attempts > 0"] if failed else [],
         )  # fmt: skip
+        # `attempts` counts what `attempts_of` lists: every attempt made, before and after a
+        # replay, 410 answers too; the column of that name is the retry schedule's position
         sql = (
-            "SELECT d.id, d.event_id, e.type, e.source, e.key, d.subscriber, d.status, d.attempts,"
+            "SELECT d.id, d.event_id, e.type, e.source, e.key, d.subscriber, d.status,"
+            " (SELECT COUNT(*) FROM attempts a WHERE a.delivery_id = d.id) AS attempts,"
             " d.next_attempt_at, d.created_at, d.updated_at, d.last_status, d.last_error"
             " FROM deliveries d JOIN events e ON e.id = d.event_id"
             f" WHERE {where} ORDER BY d.id DESC LIMIT ?"

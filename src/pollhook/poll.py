@@ -105,7 +105,6 @@ class Poller:
                 )  # fmt: skip
                 self._committed(source, state, write)
                 events = [e.type for e in write.events]
-                metrics.ITEMS.labels(source.name).set(len(got.items))
         except SourceError as exc:
             metrics.POLLS.labels(source.name, "error").inc()
             return await self._failed(source, state, exc)
@@ -227,9 +226,26 @@ class Poller:
             self.on_events()
 
 
+@dataclass(frozen=True)
+class DryRun:
+    """What a poll would write now, and why it would be a baseline (None: it would not)."""
+
+    write: PollWrite
+    baseline: str | None
+
+
+def baseline_reason(state: SourceState | None, source: Source) -> str | None:
+    """Why the next poll records a baseline instead of diffing; None when it diffs."""
+    if state is None or state.fingerprint is None:
+        return "no state yet"
+    if state.fingerprint != source.fingerprint:
+        return "detection settings changed"
+    return None
+
+
 async def dry_run(
     db: DbCall, client: aiohttp.ClientSession, config: Config, source: Source
-) -> PollWrite:
+) -> DryRun:
     """Fetch and diff like a real poll (unconditionally), but write nothing."""
     state: SourceState | None = await db(Store.source_state, source.name)
     settled = state if state is not None and state.fingerprint == source.fingerprint else None
@@ -245,7 +261,7 @@ async def dry_run(
     write: PollWrite = await db(
         plan, source, state, got.items, got.fetched, config.subscribers, time.time()
     )
-    return write
+    return DryRun(write, baseline_reason(state, source))
 
 
 @dataclass(frozen=True)
@@ -344,12 +360,12 @@ def plan(
         delta = compare(stored, items)
         delta = Delta(delta.created, delta.updated, [])
         previous = store.item_values(source.name, delta.updated)
-        changes = changes_for(delta, items, previous)
+        changes = changes_for(delta, items, previous, source.ignore)
     else:
         delta = compare(stored, items)
         delta, held = _hold_mass_delete(source, delta, state, len(stored))
         previous = store.item_values(source.name, delta.updated + delta.deleted)
-        changes = changes_for(delta, items, previous)
+        changes = changes_for(delta, items, previous, source.ignore)
     cap = source.max_events_per_poll
     if not baseline and cap is not None and len(changes) > cap:
         raise SourceError(

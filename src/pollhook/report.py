@@ -1,4 +1,4 @@
-"""Read-only views of the state file for `pollhook status` and `pollhook events`.
+"""Read-only views of the state file for `pollhook status`, `events` and `items`.
 
 They read through SQLite's WAL, so they work beside a running daemon and
 never block it.
@@ -10,13 +10,15 @@ import json
 import random
 from typing import Any
 
-from .config import Config
-from .outbox import where_equal
+import orjson
+
+from .config_outline import Outline
+from .outbox import IN_JSON, where_equal
 from .retry import source_backoff
 from .store import Store
 
 
-def source_status(store: Store, config: Config | None) -> list[dict[str, Any]]:
+def source_status(store: Store, config: Outline | None) -> list[dict[str, Any]]:
     """One row per source: configured ones first, then ones only the state file knows."""
     rows = {
         r["name"]: r
@@ -29,7 +31,7 @@ def source_status(store: Store, config: Config | None) -> list[dict[str, Any]]:
     for source in config.sources if config else ():
         row = rows.pop(source.name, None) or {"name": source.name, "consecutive_failures": 0}
         out.append(_with_outcome(row, source.interval))
-    out.extend(_with_outcome(row, None, configured=False) for row in rows.values())
+    out.extend(_with_outcome(row, None, configured=config is None) for row in rows.values())
     return out
 
 
@@ -58,7 +60,7 @@ class _NoJitter(random.Random):
         return 0.0
 
 
-def subscriber_status(store: Store, config: Config | None) -> list[dict[str, Any]]:
+def subscriber_status(store: Store, config: Outline | None) -> list[dict[str, Any]]:
     """Pending, failing and dead counts, last success and pause state per subscriber."""
     counts: dict[str, dict[str, Any]] = {}
     for sub, status, failing, n in store.db.conn.execute(
@@ -110,6 +112,41 @@ def recent_events(
     return list(store.db.query(sql, [*args, limit]))
 
 
+CHANGE_TYPES = ("item.created", "item.updated", "document.changed")
+
+
+def tracked_items(store: Store, source: str, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """A source's stored items in key order, and how many it has.
+
+    The state keeps no change time per item; `changed_at` is derived from the
+    newest kept event that created or changed the item, so it is None for an
+    item unchanged since a silent baseline, or whose events retention pruned.
+    """
+    rows = list(
+        store.db.query(
+            "SELECT key, hash, body FROM items WHERE source = ? ORDER BY key LIMIT ?",
+            [source, limit],
+        )
+    )
+    keys = json.dumps([row["key"] for row in rows])
+    changed = dict(
+        store.db.conn.execute(
+            "SELECT key, MAX(created_at) FROM events WHERE source = ? AND type IN"
+            f" {IN_JSON} AND key IN {IN_JSON} GROUP BY key",
+            (source, json.dumps(CHANGE_TYPES), keys),
+        ).fetchall()
+    )
+    total = store.db.conn.execute(
+        "SELECT COUNT(*) FROM items WHERE source = ?", (source,)
+    ).fetchone()[0]
+    items = [
+        {"key": row["key"], "hash": row["hash"], "changed_at": changed.get(row["key"]),
+         "item": orjson.loads(row["body"])}
+        for row in rows
+    ]  # fmt: skip
+    return items, int(total)
+
+
 def pending_count(store: Store) -> int:
     """Deliveries still to be made (for systemd's STATUS line)."""
     row = store.db.conn.execute(
@@ -118,14 +155,22 @@ def pending_count(store: Store) -> int:
     return int(row[0])
 
 
-def outbox_snapshot(store: Store) -> dict[str, Any]:
-    """Pending deliveries per subscriber and the oldest pending creation time (for metrics)."""
-    pending = dict(
+def scrape_snapshot(store: Store, sources: list[str], subscribers: list[str]) -> dict[str, Any]:
+    """What /metrics reads from the state file at each scrape.
+
+    Pending deliveries per subscriber and items tracked per source, with every
+    configured name present (0 when it has none: a series that vanished would
+    read as "no data", not as "nothing pending"), and the oldest pending time.
+    """
+    pending = dict.fromkeys(subscribers, 0)
+    pending.update(
         store.db.conn.execute(
             "SELECT subscriber, COUNT(*) FROM deliveries WHERE status = 'pending' GROUP BY subscriber"
         ).fetchall()
     )
+    tracked = dict(store.db.conn.execute("SELECT name, items_count FROM sources").fetchall())
     oldest = store.db.conn.execute(
         "SELECT MIN(created_at) FROM deliveries WHERE status = 'pending'"
     ).fetchone()[0]
-    return {"pending": pending, "oldest": oldest}
+    items = {name: tracked.get(name) or 0 for name in sources}
+    return {"pending": pending, "oldest": oldest, "items": items}
