@@ -33,7 +33,7 @@ from .outbox import IN_JSON, Outbox
 from .outbox import DueDelivery as DueDelivery  # re-exported: the delivery worker's types
 from .outbox import Outcome as Outcome
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 HASH_CACHE_MIN = 1000  # items: sources this large keep their hashes in memory
 
 _MIGRATIONS: dict[int, str] = {
@@ -104,6 +104,16 @@ _MIGRATIONS: dict[int, str] = {
     2: "ALTER TABLE sources ADD COLUMN cursor TEXT",
     # the digest of the body the stored items came from: the same bytes are not parsed again
     3: "ALTER TABLE sources ADD COLUMN body_digest BLOB",
+    # each delivery's item (source/key), so that one item's deliveries go out in detection
+    # order: the partial index finds an earlier pending one in one probe
+    4: """
+    ALTER TABLE deliveries ADD COLUMN item TEXT;
+    UPDATE deliveries SET item = (
+        SELECT e.source || '/' || e.key FROM events e
+        WHERE e.id = deliveries.event_id AND e.key IS NOT NULL
+    );
+    CREATE INDEX deliveries_item ON deliveries (subscriber, item, id) WHERE status = 'pending';
+    """,
 }
 
 
@@ -344,8 +354,12 @@ class Store(Outbox):
         )
         conn.executemany(
             "INSERT INTO deliveries (event_id, subscriber, status, attempts, next_attempt_at,"
-            " created_at, updated_at) VALUES (?, ?, 'pending', 0, ?, ?, ?)",
-            ((e.id, sub, now, now, now) for e in events for sub in e.subscribers),
+            " created_at, updated_at, item) VALUES (?, ?, 'pending', 0, ?, ?, ?, ?)",
+            (
+                (e.id, sub, now, now, now, None if e.key is None else f"{e.source}/{e.key}")
+                for e in events
+                for sub in e.subscribers
+            ),
         )
 
     def record_unchanged(
