@@ -108,6 +108,7 @@ class Source:
     max_events_per_poll: int | None = None
     failing_after: int = 3
     jitter: float = 0.0
+    conditional: str = "auto"  # or "never": no If-None-Match / If-Modified-Since (validators.py)
 
     @cached_property
     def fingerprint(self) -> str:

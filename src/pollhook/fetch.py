@@ -46,6 +46,7 @@ class Fetched:
     etag: str | None
     last_modified: str | None
     next_link: str | None = None  # the Link header's rel="next", absolute
+    date: str | None = None  # the Date header: judges how far Last-Modified may be trusted
 
 
 class HostLimits:
@@ -155,6 +156,7 @@ async def _request(
             etag=response.headers.get("etag"),
             last_modified=response.headers.get("last-modified"),
             next_link=_next_link(response),
+            date=response.headers.get("date"),
         )
 
 
