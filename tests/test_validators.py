@@ -105,8 +105,10 @@ LATE = 1000.0 + CHECK_EVERY * 10.0
         (SRC, None, True, SOON, NONE),  # a baseline
         (SRC, state(), True, SOON, ('"1"', None)),  # unproven, right after a whole body
         (SRC, state(), False, SOON, NONE),  # ... never twice in a row, nor first in a process
+        (SRC, state(held_deletes='["1"]'), True, SOON, NONE),  # a hold needs the body
         (SRC, state(etag=None), True, SOON, NONE),  # nothing to send
         (SRC, state(trust=PROVEN), False, SOON, ('"1"', None)),
+        (SRC, state(trust=PROVEN, held_deletes='["1"]'), False, SOON, ('"1"', None)),
         (SRC, state(trust=PROVEN), False, LATE, NONE),  # the periodic unconditional check
         (SRC, state(trust=LYING), True, SOON, NONE),
         (NEVER, state(trust=PROVEN), True, SOON, NONE),

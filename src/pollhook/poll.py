@@ -94,13 +94,13 @@ class Poller:
         try:
             got = await _fetch_items(
                 self.clients, source, self.config.http, self.limits, settled, sent,
-                seen=settled.body_digest if settled and not settled.held_deletes else None,
+                seen=settled.body_digest if settled else None,
             )  # fmt: skip
             if got.fetched.body is None:
                 self._full.discard(source.name)
             else:
                 self._full.add(source.name)
-            if got.unchanged:
+            if got.unchanged and not _confirms_hold(settled, got, sent):
                 await self._unchanged(source.name, state, got)
                 events: list[str] = []
             else:
@@ -304,6 +304,17 @@ async def _fetch_items(
     return Fetch(fetched, items, digest, validators=kept)
 
 
+def _confirms_hold(state: SourceState | None, got: Fetch, sent: Validators) -> bool:
+    """An unchanged answer while deletions are held: the same content, so it confirms them.
+
+    The same bytes, or a 304 to the validators of the body that caused the hold
+    (a 304 to an unconditional request means nothing).
+    """
+    if state is None or not state.held_deletes:
+        return False
+    return got.fetched.body is not None or sent != NONE
+
+
 async def _digest(fetched: Fetched) -> bytes:
     """The body and the type it was parsed as: both decide what the items are."""
     body = fetched.body or b""
@@ -330,11 +341,30 @@ def _commit(
     store: Store, source: Source, state: SourceState | None, got: Fetch,
     subscribers: Sequence[Subscriber], now: float,
 ) -> PollWrite:  # fmt: skip
-    """Diff against the stored state and write everything in one transaction (DB thread)."""
-    write = plan(store, source, state, got.items, got.validators, subscribers, now)
-    write = replace(write, body_digest=got.digest, full_at=now, trust=_trust(state, got, write))
+    """Diff against the stored state and write everything in one transaction (DB thread).
+
+    An unchanged answer gets here only to confirm held deletions: its items are
+    the stored ones without the held keys, its validators those stored.
+    """
+    if got.unchanged:
+        assert state is not None and state.held_deletes
+        full = got.fetched.body is not None
+        kept = got.validators if full else (state.etag, state.last_modified)
+        write = plan(store, source, state, _without_held(store, state), kept, subscribers, now)
+        write = replace(write, body_digest=state.body_digest, trust=state.trust,
+                        full_at=now if full else state.full_at)  # fmt: skip
+    else:
+        write = plan(store, source, state, got.items, got.validators, subscribers, now)
+        write = replace(write, body_digest=got.digest, full_at=now, trust=_trust(state, got, write))
     store.commit_poll(write, now)
     return write
+
+
+def _without_held(store: Store, state: SourceState) -> dict[str, Item]:
+    """The items of the body that caused the hold: the stored ones, held keys left out."""
+    held = set(orjson.loads(state.held_deletes or "[]"))
+    stored = store.item_hashes(state.name)
+    return {key: Item(key, digest, None) for key, digest in stored.items() if key not in held}
 
 
 def _trust(state: SourceState | None, got: Fetch, write: PollWrite) -> str | None:

@@ -14,8 +14,8 @@ them, store.py keeps `trust` and `full_at` per source):
    the next request is unconditional.
 2. Validators start unproven. An unproven source sends a conditional request
    only right after a poll that got a whole body, in the same process: never
-   two in a row, never as a process's first poll. Every second poll, at the
-   latest, sees the body.
+   two in a row, never as a process's first poll, never while a deletion is
+   held. Every second poll, at the latest, sees the body.
 3. They are proven when a whole body shows new content under validators
    other than the stored ones (as received, even too fresh to be kept).
    A proven source sends conditional requests, and an unconditional one when
@@ -58,7 +58,7 @@ def to_send(source: Source, state: SourceState | None, full_last: bool, now: flo
     if state.trust == PROVEN:
         fresh = state.full_at is not None and now - state.full_at < CHECK_EVERY * source.interval
         return stored if fresh else NONE
-    return stored if full_last else NONE
+    return stored if full_last and not state.held_deletes else NONE
 
 
 def kept(fetched: Fetched, received_at: float) -> Validators:
