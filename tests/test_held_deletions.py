@@ -92,8 +92,8 @@ def test_a_held_wipe_is_confirmed_by_a_304(tmp_path: Path, daemon: Any) -> None:
     assert [status for status, _ in api.served[wipe + 1 :]] == [304] * (len(api.served) - wipe - 1)
     # confirmed by the poll right after the wipe: before the one after it was even asked
     [(detected,)] = query(proc.db, "SELECT max(created_at) FROM events")
-    if len(api.requests) > wipe + 2:
-        assert detected < api.requests[wipe + 2].at
+    if len(api.arrived) > wipe + 2:  # `arrived` is in the order served
+        assert detected < api.arrived[wipe + 2].at
     status = pollhook("status", "--json", "-c", str(proc.config), "--db", str(proc.db))
     [row] = json.loads(status.stdout)["sources"]
     assert (row["held_deletions"], row["items_count"], row["validators"]) == (0, 0, "proven")
@@ -160,7 +160,7 @@ def test_a_304_from_untrusted_validators_never_confirms_a_wipe(tmp_path: Path, d
     assert proc.stop() == 0
     assert receiver.events() == []
     wipe = next(i for i, (_, items) in enumerate(api.served) if items == [])
-    after = api.requests[wipe + 1 :]
+    after = api.arrived[wipe + 1 :]
     assert after and all("if-none-match" not in r.headers for r in after)
     assert "conditional requests are off" in proc.output()
     api.close()

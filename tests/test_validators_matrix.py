@@ -244,8 +244,8 @@ class Api(Upstream):
         return (304, headers, b"") if unchanged else (200, headers, payload)
 
     def answers(self) -> list[tuple[int, float]]:
-        with self.server.cond:
-            return [(r.status, r.at) for r in self.server.requests]
+        with self.server.cond:  # by arrival: a handler may record its answer after the next one's
+            return [(r.status, r.at) for r in sorted(self.server.requests, key=lambda r: r.at)]
 
     def close(self) -> None:
         self.server.close()
