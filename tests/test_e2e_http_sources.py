@@ -573,7 +573,7 @@ def test_incremental_cursor_failure_writes_no_cursor(api, write_config):  # type
 # -- politeness ----------------------------------------------------------------------------
 
 
-def test_conditional_get_304_costs_nothing(api, receiver, write_config, daemon):  # type: ignore[no-untyped-def]
+def test_conditional_get_304_costs_nothing_and_a_lying_etag_is_caught(api, receiver, write_config, daemon):  # type: ignore[no-untyped-def]
     state = {"etag": '"v1"', "items": [{"id": 1}]}
     modified = "Wed, 25 Nov 2026 07:28:00 GMT"
 
@@ -587,21 +587,33 @@ def test_conditional_get_304_costs_nothing(api, receiver, write_config, daemon):
         config(source("cond", f"{upstream.url}/cond", interval="200ms"), receiver)
     )
     proc = daemon(cfg, db(cfg)).start()
-    upstream.wait_for(3)
-    state["items"] = [{"id": 1}, {"id": 2}]  # the upstream changed but still says 304 ...
+    upstream.wait_for(1)
+    state.update(etag='"v2"', items=[{"id": 1}, {"id": 2}])  # new content, new ETag: trusted
+    receiver.wait_accepted(1)
     start = upstream.count()
     upstream.wait_for(start + 3)
-    assert receiver.events() == []  # ... so nothing was parsed or diffed: no event
-    conditional = upstream.requests[1:]
-    assert all(r.headers.get("if-none-match") == '"v1"' for r in conditional)
+    conditional = upstream.requests[start:]
+    assert all(r.headers.get("if-none-match") == '"v2"' for r in conditional)
     assert all(r.headers.get("if-modified-since") == modified for r in conditional)
-    assert all(r.status == 304 for r in conditional)
+    assert all(r.status == 304 for r in conditional)  # nothing parsed, nothing diffed
     assert "if-none-match" not in upstream.requests[0].headers
+    assert source_status(cfg)["validators"] == "proven"
 
-    state["etag"] = '"v2"'  # now the answer is a real 200 with the new list
-    receiver.wait_accepted(1)
+    state["items"] = [{"id": 1}, {"id": 2}, {"id": 3}]  # changed, but the ETag stays: 304s ...
+    receiver.wait_accepted(2)  # ... until the unconditional check every 10 intervals sees it
     assert proc.stop() == 0
-    assert seen(receiver) == [("item.created", "2")]
+    assert seen(receiver) == [("item.created", "2"), ("item.created", "3")]
+    assert source_status(cfg)["validators"] == "lying"
+    assert "conditional requests are off" in proc.output()
+    last = upstream.requests[-1]  # once caught lying, the ETag is never sent again
+    assert "if-none-match" not in last.headers and "if-modified-since" not in last.headers
+
+
+def source_status(cfg: Path) -> dict[str, Any]:
+    done = pollhook("status", "--json", "-c", str(cfg))
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads(done.stdout)["sources"]
+    return dict(row)
 
 
 @pytest.mark.parametrize("status", [429, 503])

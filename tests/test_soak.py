@@ -3,19 +3,24 @@
     POLLHOOK_SOAK_SECONDS=1800 python -m pytest -m soak -s tests/test_soak.py
 
 One local server plays POLLHOOK_SOAK_SOURCES (500) upstreams whose items
-change as they are polled; one receiver fails 10% of the webhooks with a 500.
+change as they are polled; each sends a strong ETag and answers If-None-Match
+with 304, and now and then serves an empty list for one request (a held wipe
+that the next list releases) or three (one that a 304 confirms). One receiver
+fails 10% of the webhooks with a 500.
 The daemon's resident memory and the state file's size are sampled every
 POLLHOOK_SOAK_SAMPLE seconds (60) and must stay flat after the warm-up. At
 the end the upstreams freeze and every source's history, rebuilt from the
 webhooks the receiver accepted, must end in the upstream's final state with
-every `previous` matching what came before (nothing lost) and every item a
-version the upstream really served (nothing invented). The figures are
+every `previous` matching what came before (nothing lost), every item a
+version the upstream really served (nothing invented), and each item's events
+accepted in the order they were detected. The figures are
 printed, and written as JSON to POLLHOOK_SOAK_REPORT if set; docs/reliability.md
 records those of a run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -38,6 +43,7 @@ INTERVAL = os.environ.get("POLLHOOK_SOAK_INTERVAL", "10s")
 SAMPLE = float(os.environ.get("POLLHOOK_SOAK_SAMPLE", "60"))
 CHANGE = 0.3  # chance that a poll finds its source changed
 FLAKY = 0.1  # share of webhooks the receiver answers with a 500
+WIPE = 0.005  # chance that a request starts a wipe: an empty list for one or three requests
 
 
 class _Server(ThreadingHTTPServer):
@@ -56,6 +62,9 @@ class ChurningApis:
         self.items: dict[str, dict[str, dict[str, Any]]] = {}
         self.served: dict[tuple[str, str], set[str]] = {}  # (source, key) → versions served
         self.polls: dict[str, int] = {}
+        self.etags: dict[str, str] = {}
+        self.wiping: dict[str, int] = {}  # source → requests left that get an empty list
+        self.wipes = {"released": 0, "confirmed": 0, "304s_while_wiped": 0}
         for n in range(SOURCES):
             name = f"s{n}"
             self.items[name] = {}
@@ -70,12 +79,14 @@ class ChurningApis:
                 pass
 
             def do_GET(self) -> None:
-                body = apis.serve(self.path.strip("/"))
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
+                etag, body = apis.serve(self.path.strip("/"), self.headers.get("if-none-match"))
+                self.send_response(200 if body is not None else 304)
+                self.send_header("etag", etag)
+                if body is not None:
+                    self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body or b"")))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(body or b"")
 
         self.httpd = _Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -86,7 +97,8 @@ class ChurningApis:
         key = str(self.next_id)
         self.items[name][key] = {"id": self.next_id, "version": 0, "note": "x" * 40}
 
-    def serve(self, name: str) -> bytes:
+    def serve(self, name: str, if_none_match: str | None) -> tuple[str, bytes | None]:
+        """The ETag and the body, or None for a 304."""
         with self.lock:
             items = self.items[name]
             if not self.frozen and self.rng.random() < CHANGE:
@@ -98,10 +110,20 @@ class ChurningApis:
                     items[key] = {**items[key], "version": items[key]["version"] + 1}
                 else:
                     del items[self.rng.choice(list(items))]
-            for key, item in items.items():
-                self.served.setdefault((name, key), set()).add(json.dumps(item, sort_keys=True))
+            if not self.frozen and not self.wiping.get(name) and self.rng.random() < WIPE:
+                self.wiping[name] = self.rng.choice([1, 3])
+                self.wipes["released" if self.wiping[name] == 1 else "confirmed"] += 1
+            wiped = self.wiping.get(name, 0) > 0
+            self.wiping[name] = max(self.wiping.get(name, 0) - 1, 0)
             self.polls[name] = self.polls.get(name, 0) + 1
-            return json.dumps(list(items.values())).encode()
+            body = json.dumps([] if wiped else list(items.values())).encode()
+            etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+            if if_none_match == etag:
+                self.wipes["304s_while_wiped"] += wiped
+                return etag, None
+            for key, item in items.items() if not wiped else ():
+                self.served.setdefault((name, key), set()).add(json.dumps(item, sort_keys=True))
+            return etag, body
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -158,6 +180,15 @@ def rebuild(receiver: FlakyReceiver) -> tuple[dict[str, dict[str, Any]], list[st
         (json.loads(body) | {"id": wid} for wid, body in unique.items()),
         key=lambda e: (e["timestamp"], e["id"]),
     )
+    first: dict[tuple[str, str], list[str]] = {}  # per item, ids in order of first acceptance
+    for wid, body in unique.items():
+        data = json.loads(body)["data"]
+        first.setdefault((data["source"], data["key"]), []).append(wid)
+    detected: dict[tuple[str, str], list[str]] = {}
+    for event in events:
+        detected.setdefault((event["data"]["source"], event["data"]["key"]), []).append(event["id"])
+    problems += [f"{item}: accepted {ids}, detected {detected[item]}"
+                 for item, ids in first.items() if ids != detected[item]]  # fmt: skip
     state: dict[str, dict[str, Any]] = {}
     for event in events:
         data = event["data"]
@@ -247,6 +278,7 @@ def test_soak_memory_and_state_stay_flat_and_nothing_is_lost(
 
     with apis.lock:
         apis.frozen = True
+        apis.wiping.clear()
         expected = {name: dict(items) for name, items in apis.items.items()}
         polls_at_freeze = dict(apis.polls)
     wait_until(
@@ -274,6 +306,7 @@ def test_soak_memory_and_state_stay_flat_and_nothing_is_lost(
         "seconds": SECONDS, "sources": SOURCES, "interval": INTERVAL, "samples": samples,
         "final": final, "polls": sum(apis.polls.values()), "events": distinct,
         "duplicates": duplicates, "receiver_500s": receiver.failed, "dead": dead,
+        "wipes": dict(apis.wipes),
         "lost": lost + len(problems), "invented": len(fake),
         "rss_after_warmup_mb": [s["rss_mb"] for s in warm],
         "state_after_warmup_mb": [round(s["db_mb"] + s["wal_mb"], 2) for s in warm],

@@ -120,6 +120,7 @@ class Source:
     max_items: int = DEFAULT_MAX_ITEMS  # items in one poll's body (or pages)
     max_item_size: int = DEFAULT_MAX_ITEM_SIZE  # bytes of one item's JSON
     max_parse_memory: int | None = None  # of the parsing worker; None: http.max_parse_memory
+    conditional: str = "auto"  # or "never": no If-None-Match / If-Modified-Since (validators.py)
 
     @cached_property
     def fingerprint(self) -> str:

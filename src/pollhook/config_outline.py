@@ -34,6 +34,7 @@ class Named(NamedTuple):
 
     name: str
     interval: float | None = None  # sources only; None when it does not parse here
+    conditional: str = "auto"  # sources only: `never` shows as validators "not used"
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def _named(entries: Any, with_interval: bool = False) -> tuple[Named, ...]:
     for entry in entries:
         if isinstance(entry, dict) and isinstance(entry.get("name"), str):
             interval = _interval(entry.get("interval")) if with_interval else None
-            out.append(Named(entry["name"], interval))
+            never = str(entry.get("conditional", "")).strip().lower() == "never"
+            out.append(Named(entry["name"], interval, "never" if never else "auto"))
     return tuple(out)
 
 

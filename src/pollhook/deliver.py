@@ -100,13 +100,43 @@ class DeliveryWorker:
             stop.cancel()
 
     async def drain_due(self) -> None:
-        """`run --once`: one attempt for every delivery due now, then return."""
+        """`run --once`: one attempt for every delivery due now, then return.
+
+        Item by item in detection order: first every delivery that waits for
+        no other, then, as answers come in, those that waited behind one that
+        is now delivered or dead. One still pending after its attempt keeps the
+        later ones of its item waiting for the next run. Only attempts that
+        something waits for are watched; the rest are recorded in one batch.
+        """
         now = time.time()
         await self._refresh_paused()
-        for sub in self._active():
-            due = await self.db(Store.due_deliveries, sub.name, now, 1_000_000)
-            for delivery in due:
-                self._start(sub, delivery, limit=True)
+        behind: dict[str, set[str]] = await self.db(
+            Store.items_waiting, [s.name for s in self._active()], now
+        )
+        watched: dict[asyncio.Task[None], tuple[str, str]] = {}  # attempt → (subscriber, item)
+        started: set[int] = set()
+        answered: dict[str, set[str]] | None = None  # None: the first round, every item
+        while True:
+            for sub in self._active():
+                items = None if answered is None else answered.get(sub.name)
+                if answered is not None and not items:
+                    continue
+                due = await self.db(Store.due_deliveries, sub.name, now, 1_000_000, (), items)
+                for delivery in due:
+                    if delivery.id in started:  # each at most once: the loop ends
+                        continue
+                    started.add(delivery.id)
+                    task = self._start(sub, delivery, limit=True)
+                    if delivery.item is not None and delivery.item in behind.get(sub.name, ()):
+                        watched[task] = (sub.name, delivery.item)
+            if not watched:
+                break
+            done, _ = await asyncio.wait(set(watched), return_when=asyncio.FIRST_COMPLETED)
+            await self._flush()  # the next query must see these answers
+            answered = {}
+            for task in done:
+                name, item = watched.pop(task)
+                answered.setdefault(name, set()).add(item)
         await self.close(grace=None)
 
     async def close(self, grace: float | None) -> None:
@@ -168,11 +198,14 @@ class DeliveryWorker:
         self._pause_written -= written
         self.paused = {**stored, **self._pausing}
 
-    def _start(self, sub: Subscriber, delivery: DueDelivery, limit: bool = False) -> None:
+    def _start(
+        self, sub: Subscriber, delivery: DueDelivery, limit: bool = False
+    ) -> asyncio.Task[None]:
         self.in_flight.setdefault(sub.name, set()).add(delivery.id)
         task = asyncio.create_task(self._attempt(sub, delivery, limit))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     async def _attempt(self, sub: Subscriber, delivery: DueDelivery, limit: bool) -> None:
         started = time.monotonic()

@@ -57,6 +57,7 @@ class Fetched:
     last_modified: str | None
     next_link: str | None = None  # the Link header's rel="next", absolute
     elapsed: float = 0.0  # seconds the request took: parsing gets what is left of the timeout
+    date: str | None = None  # the Date header: judges how far Last-Modified may be trusted
 
 
 class HostLimits:
@@ -239,6 +240,7 @@ async def _read(response: aiohttp.ClientResponse, max_body: int) -> Fetched:
         etag=response.headers.get("etag"),
         last_modified=response.headers.get("last-modified"),
         next_link=_next_link(response),
+        date=response.headers.get("date"),
     )
 
 

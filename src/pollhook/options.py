@@ -21,6 +21,7 @@ import orjson
 
 from ._yaml import LineList, LineMap
 from ._yaml import kind as _kind
+from ._yaml import show as _show
 from .config_formats import format_options
 
 if TYPE_CHECKING:
@@ -29,8 +30,8 @@ if TYPE_CHECKING:
 SOURCE_KEYS = (
     "params", "body", "body_json", "body_form", "content_type", "auth", "ca_bundle",
     "verify_tls", "max_body_size", "pagination", "incremental", "mass_delete",
-    "max_events_per_poll", "failing_after", "jitter", "redirects", "max_items", "max_item_size",
-    "max_parse_memory",
+    "max_events_per_poll", "failing_after", "jitter", "conditional", "redirects", "max_items",
+    "max_item_size", "max_parse_memory",
 )  # fmt: skip
 REDIRECTS = ("same-origin", "any", "none")
 DEFAULT_MAX_ITEMS = 1_000_000
@@ -46,6 +47,12 @@ _PAGINATION_KEYS = {
 _PAGINATION_REQUIRED = {"next_url": ("next",), "cursor": ("next", "param")}
 _PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 DEFAULT_MAX_PAGES = 100
+CONDITIONAL_MODES = ("auto", "never")
+# what people write for "off" and "on": a hint, never a silent alias
+_CONDITIONAL_HINTS = {
+    **dict.fromkeys(("0", "none", "disabled", "disable", "nothing"), "never"),
+    **dict.fromkeys(("1", "always", "enabled", "enable"), "auto"),
+}
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,8 @@ def source_options(v: _Validator, node: LineMap, where: str) -> dict[str, Any]:
     if "jitter" in node:
         out["jitter"] = _jitter(v, node, where)
     out.update(_limits(v, node, where))
+    if "conditional" in node:
+        out["conditional"] = _conditional(v, node, where)
     return out
 
 
@@ -441,6 +450,23 @@ def _parse_ratio(value: Any) -> float:
     if not 0 <= ratio <= 1:
         raise ValueError(value)
     return ratio
+
+
+def _conditional(v: _Validator, node: LineMap, where: str) -> str:
+    """`auto` (validators are used as validators.py decides) or `never` (no conditional request)."""
+    raw, line = node["conditional"], node.key_lines["conditional"]
+    if isinstance(raw, bool):  # YAML reads off/no/false (and on/yes/true) as booleans
+        hint = "auto" if raw else "never"
+        raise v.fail(line, where, f"'conditional' is auto or never, not true/false/on/off"
+                                  f" (did you mean '{hint}'?)")  # fmt: skip
+    text = v.text(node, "conditional", where).strip().lower()
+    if text in CONDITIONAL_MODES:
+        return text
+    close = _CONDITIONAL_HINTS.get(text) or next(
+        iter(difflib.get_close_matches(text, CONDITIONAL_MODES, n=1, cutoff=0.6)), None
+    )
+    hint = f" (did you mean '{close}'?)" if close else ""
+    raise v.fail(line, where, f"'conditional': {_show(raw)} is not auto or never{hint}")
 
 
 def _jitter(v: _Validator, node: LineMap, where: str) -> float:

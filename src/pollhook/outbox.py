@@ -21,6 +21,17 @@ import sqlite_utils
 # KB of native memory per cached statement, tens of MB once the cache is full.
 IN_JSON = "(SELECT value FROM json_each(?))"
 
+# Order per item: a pending delivery waits while an earlier pending delivery of the same
+# item (subscriber, source and key) exists, in flight or waiting for its retry; one that
+# is delivered or dead lets the next go. `id` is the detection order (one poll's events
+# are inserted in order, a later poll's after its commit); health events have no item
+# and never wait. The rule lives in the query, so it holds across restarts and for any
+# number of processes sharing the database; `deliveries_item` makes it one index probe.
+READY = (
+    "NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.subscriber = d.subscriber"
+    " AND p.item = d.item AND p.status = 'pending' AND p.id < d.id)"
+)
+
 
 def where_equal(
     conditions: Iterable[tuple[str, Any]], extra: Sequence[str] = ()
@@ -44,6 +55,7 @@ class DueDelivery:
     attempts: int
     body: bytes
     detected_at: float = 0.0
+    item: str | None = None  # "source/key"; None for health events
 
 
 @dataclass(frozen=True)
@@ -71,18 +83,41 @@ class Outbox:
     transaction: Callable[[], contextlib.AbstractContextManager[sqlite3.Connection]]
 
     def due_deliveries(
-        self, subscriber: str, now: float, limit: int, exclude: Iterable[int] = ()
-    ) -> list[DueDelivery]:
+        self, subscriber: str, now: float, limit: int, exclude: Iterable[int] = (),
+        items: Iterable[str] | None = None,
+    ) -> list[DueDelivery]:  # fmt: skip
+        """Deliveries due by `now` and not waiting behind an earlier one of their item.
+
+        `exclude` are ids to leave out (in flight); `items` narrows the search to
+        those items (`run --once` looks there after their heads were answered).
+        """
         skip = set(exclude)
+        table, where, args = "deliveries d", "", [subscriber, now]
+        if items is not None:  # a few items among many due: walk those items' index entries
+            table, where = "deliveries d INDEXED BY deliveries_item", f" AND d.item IN {IN_JSON}"
+            args.append(orjson.dumps(sorted(set(items))).decode())
         rows = self.db.conn.execute(
-            "SELECT d.id, d.event_id, d.subscriber, d.attempts, e.body, e.created_at"
-            " FROM deliveries d"
-            " JOIN events e ON e.id = d.event_id"
+            "SELECT d.id, d.event_id, d.subscriber, d.attempts, e.body, e.created_at, d.item"
+            f" FROM {table} JOIN events e ON e.id = d.event_id"
             " WHERE d.subscriber = ? AND d.status = 'pending' AND d.next_attempt_at <= ?"
+            f"{where} AND {READY}"
             " ORDER BY d.next_attempt_at, d.id LIMIT ?",
-            (subscriber, now, limit + len(skip)),
+            (*args, limit + len(skip)),
         )
         return [DueDelivery(*row) for row in rows if row[0] not in skip][:limit]
+
+    def items_waiting(self, subscribers: Iterable[str], now: float) -> dict[str, set[str]]:
+        """Per subscriber, the items with a delivery due by `now` that waits behind another."""
+        out: dict[str, set[str]] = {}
+        for name in subscribers:
+            rows = self.db.conn.execute(
+                "SELECT DISTINCT d.item FROM deliveries d WHERE d.subscriber = ?"
+                " AND d.status = 'pending' AND d.next_attempt_at <= ? AND d.item IS NOT NULL"
+                f" AND NOT {READY}",
+                (name, now),
+            )
+            out[name] = {row[0] for row in rows}
+        return out
 
     def next_due_at(self, subscribers: Iterable[str], exclude: Iterable[int] = ()) -> float | None:
         """When the next pending delivery of `subscribers` falls due.
@@ -90,15 +125,17 @@ class Outbox:
         Deliveries in `exclude` (those in flight, whose `next_attempt_at` is
         already past) are skipped: counting them would make every wait look
         overdue while any attempt is open, and a hanging receiver would delay
-        everyone's retries to the worker's idle tick. One index range per
+        everyone's retries to the worker's idle tick. So are those waiting
+        behind an earlier one of their item: they have no time of their own
+        (the answer to the earlier one wakes the worker). One index range per
         subscriber, so a large backlog costs nothing here.
         """
         skip = set(exclude)
         best: float | None = None
         for name in subscribers:
             rows = self.db.conn.execute(
-                "SELECT id, next_attempt_at FROM deliveries WHERE subscriber = ?"
-                " AND status = 'pending' ORDER BY next_attempt_at LIMIT ?",
+                "SELECT d.id, d.next_attempt_at FROM deliveries d WHERE d.subscriber = ?"
+                f" AND d.status = 'pending' AND {READY} ORDER BY d.next_attempt_at LIMIT ?",
                 (name, len(skip) + 1),
             )
             for delivery_id, due in rows:
@@ -211,17 +248,23 @@ class Outbox:
         return [row[0] for row in rows]
 
     def replay_event(self, event_id: str, subscribers: Iterable[str], now: float) -> int:
-        """Queue `event_id` again for each subscriber (a fresh round of attempts)."""
+        """Queue `event_id` again for each subscriber (a fresh round of attempts).
+
+        A delivery that still exists keeps its row, so its place in its item's
+        detection order: later pending deliveries of the item wait for it again.
+        """
         with self.transaction() as conn:
             count = 0
             for sub in subscribers:
                 conn.execute(
                     "INSERT INTO deliveries (event_id, subscriber, status, attempts, next_attempt_at,"
-                    " created_at, updated_at) VALUES (?, ?, 'pending', 0, ?, ?, ?)"
+                    " created_at, updated_at, item) SELECT id, ?, 'pending', 0, ?, ?, ?,"
+                    " CASE WHEN key IS NULL THEN NULL ELSE source || '/' || key END"
+                    " FROM events WHERE id = ?"
                     " ON CONFLICT (event_id, subscriber) DO UPDATE SET status = 'pending',"
                     " attempts = 0, next_attempt_at = excluded.next_attempt_at,"
                     " updated_at = excluded.updated_at",
-                    (event_id, sub, now, now, now),
+                    (sub, now, now, now, event_id),
                 )
                 count += 1
         return count

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from . import cursor, metrics, paginate
+from . import cursor, metrics, paginate, validators
 from .config import Config, HttpSettings, Source, Subscriber
 from .diff import Delta, changes_for, compare
 from .document import document_changes
@@ -31,6 +31,7 @@ from .parsing import Parsers
 from .redact import redact
 from .request import Clients, query
 from .store import PollWrite, SourceState, Store
+from .validators import NONE, Validators
 
 log = logging.getLogger("pollhook.poll")
 
@@ -72,8 +73,13 @@ class Poller:
         self._states: dict[str, SourceState] | None = None
         self._loading = asyncio.Lock()  # the first polls all wait for that one read
         # Unchanged polls of healthy sources, written in one batch by `flush` (their
-        # only effect is the last-poll time that `pollhook status` shows).
+        # only effect is the last-poll time that `pollhook status` shows), and of those
+        # the ones that got a whole body (when validators were last checked).
         self._touched: dict[str, float] = {}
+        self._looked: dict[str, float] = {}
+        # sources whose last poll in this process got a whole body: only those may send
+        # unproven validators (validators.py, rule 2)
+        self._full: set[str] = set()
 
     def reconfigure(self, config: Config) -> None:
         old = self.config.http
@@ -90,19 +96,23 @@ class Poller:
         state = await self._state(source.name)
         settled = state if state is not None and state.fingerprint == source.fingerprint else None
         started = time.monotonic()
+        sent = validators.to_send(source, settled, source.name in self._full, time.time())
         try:
             got = await _fetch_items(
-                self.clients, self.parsers, source, self.config.http, self.limits, settled,
-                seen=settled.body_digest if settled and not settled.held_deletes else None,
+                self.clients, self.parsers, source, self.config.http, self.limits, settled, sent,
+                seen=settled.body_digest if settled else None,
             )  # fmt: skip
-            if got.unchanged:
-                await self._unchanged(source.name, state, got.fetched)
+            if got.fetched.body is None:
+                self._full.discard(source.name)
+            else:
+                self._full.add(source.name)
+            if got.unchanged and not _confirms_hold(settled, got, sent):
+                await self._unchanged(source.name, state, got)
                 events: list[str] = []
             else:
                 write: PollWrite = await self.db(
-                    _commit, source, state, got.items, got.fetched, self.config.subscribers,
-                    time.time(), got.digest,
-                )  # fmt: skip
+                    _commit, source, state, got, self.config.subscribers, time.time()
+                )
                 self._committed(source, state, write)
                 events = [e.type for e in write.events]
         except SourceError as exc:
@@ -139,7 +149,8 @@ class Poller:
         """Write the batched unchanged polls (every few seconds, and before stopping)."""
         if self._touched:
             polled, self._touched = list(self._touched.items()), {}
-            await self.db(Store.touch_sources, polled)
+            looked, self._looked = list(self._looked.items()), {}
+            await self.db(Store.touch_sources, polled, looked)
 
     async def _state(self, name: str) -> SourceState | None:
         if self._states is None:
@@ -152,7 +163,7 @@ class Poller:
         if self._states is not None:
             self._states[state.name] = state
 
-    async def _unchanged(self, name: str, state: SourceState | None, fetched: Fetched) -> None:
+    async def _unchanged(self, name: str, state: SourceState | None, got: Fetch) -> None:
         """A 304 or the same bytes: batched, unless a failure count or validators change.
 
         Servers behind a load balancer often send the same body with another
@@ -162,27 +173,42 @@ class Poller:
         log.debug("source=%s not modified", name)
         if state is None:  # a 304 before any commit (a misbehaving server): no row to update
             return
-        validators = (fetched.etag, fetched.last_modified)
-        moved = fetched.body is not None and validators != (state.etag, state.last_modified)
+        full = got.fetched.body is not None
+        moved = full and got.validators != (state.etag, state.last_modified)
         if state.consecutive_failures == 0 and not moved:
             self._touched[name] = now
+            if full:  # the validators' last check: kept current here, written with the batch
+                self._looked[name] = now
+                self._set_state(replace(state, full_at=now))
             return
-        await self.db(Store.record_unchanged, name, now, validators if moved else None)
+        await self.db(Store.record_unchanged, name, now, got.validators if moved else None, full)
         if moved:
-            state = replace(state, etag=validators[0], last_modified=validators[1])
-        self._set_state(replace(state, consecutive_failures=0))
+            state = replace(state, etag=got.validators[0], last_modified=got.validators[1])
+        self._set_state(
+            replace(state, consecutive_failures=0, full_at=now if full else state.full_at)
+        )
 
     def _committed(self, source: Source, state: SourceState | None, write: PollWrite) -> None:
         """Mirror what `Store.commit_poll` just wrote, without reading it back."""
         self._touched.pop(source.name, None)
+        self._looked.pop(source.name, None)
         new = SourceState(
             name=source.name, fingerprint=write.fingerprint, etag=write.etag,
             last_modified=write.last_modified, consecutive_failures=0,
             items_count=write.items_count, held_deletes=write.held_deletes,
             health=state.health if state is not None else "ok", cursor=write.cursor,
-            body_digest=write.body_digest,
+            body_digest=write.body_digest, trust=write.trust, full_at=write.full_at,
         )  # fmt: skip
         self._set_state(new)
+        before = state.trust if state is not None else None
+        if write.trust != before and write.trust == validators.LYING:
+            log.warning(
+                "source=%s sent other items under the same ETag/Last-Modified: conditional"
+                " requests are off for it (set `conditional: never` to say so in the config)",
+                source.name,
+            )
+        elif write.trust != before and write.trust == validators.PROVEN:
+            log.info("source=%s validators changed with the content: trusted", source.name)
 
     async def _failed(
         self, source: Source, state: SourceState | None, exc: SourceError
@@ -195,6 +221,7 @@ class Poller:
         error = redact(str(exc))
         failures: int = await self.db(Store.record_failure, source.name, error, time.time())
         self._touched.pop(source.name, None)
+        self._looked.pop(source.name, None)
         self._set_state(
             replace(state, consecutive_failures=failures)
             if state is not None
@@ -252,14 +279,13 @@ async def dry_run(
     clients, parsers = Clients(client), Parsers(config.http.parse_workers)
     try:
         got = await _fetch_items(
-            clients, parsers, source, config.http, HostLimits(config.http.max_per_host), settled,
-            conditional=False,
-        )  # fmt: skip
+            clients, parsers, source, config.http, HostLimits(config.http.max_per_host), settled
+        )
     finally:
         await parsers.aclose()
         await clients.aclose()
     write: PollWrite = await db(
-        plan, source, state, got.items, got.fetched, config.subscribers, time.time()
+        plan, source, state, got.items, got.validators, config.subscribers, time.time()
     )
     return DryRun(write, baseline_reason(state, source))
 
@@ -272,19 +298,20 @@ class Fetch:
     items: dict[str, Item]
     digest: bytes | None = None  # of a single-response body, to recognise it next time
     unchanged: bool = False
+    validators: Validators = NONE  # of a whole body: those worth storing (validators.kept)
 
 
 async def _fetch_items(
     clients: Clients, parsers: Parsers, source: Source, http: HttpSettings, limits: HostLimits,
-    state: SourceState | None, conditional: bool = True, seen: bytes | None = None,
+    state: SourceState | None, sent: Validators = NONE, seen: bytes | None = None,
 ) -> Fetch:  # fmt: skip
     """Every page of one poll and its items, or a SourceError; no items after a 304.
 
-    `state` is the settled state (None re-baselines): its ETag and Last-Modified
-    make the request conditional (not for paginated sources: page 1 unchanged
-    says nothing of page 2) and its cursor is sent in incremental mode. A body
-    whose digest is `seen` is not parsed again: the same bytes read with the
-    same settings give the same items.
+    `state` is the settled state (None re-baselines): its cursor is sent in
+    incremental mode. `sent` makes the request conditional (validators.to_send).
+    A body whose digest is `seen` is not parsed again: the same bytes read with
+    the same settings give the same items (not in incremental mode, whose
+    requests differ).
     """
     client = clients.get(source)
     params = query(
@@ -293,19 +320,17 @@ async def _fetch_items(
         if source.incremental and (since := cursor.since(source, state.cursor if state else None))
         else [],
     )  # fmt: skip
-    conditional = conditional and state is not None and source.pagination is None
     fetched = await fetch(
-        client, source, http, limits, params=params,
-        etag=state.etag if conditional and state else None,
-        last_modified=state.last_modified if conditional and state else None,
-    )  # fmt: skip
+        client, source, http, limits, etag=sent[0], last_modified=sent[1], params=params
+    )
     if fetched.body is None:
         return Fetch(fetched, {}, unchanged=True)
+    kept = validators.kept(fetched, time.time())
     digest = None
-    if source.pagination is None and source.incremental is None:
+    if source.pagination is None:
         digest = await _digest(fetched)
-        if seen == digest:
-            return Fetch(fetched, {}, digest, unchanged=True)
+        if seen == digest and source.incremental is None:
+            return Fetch(fetched, {}, digest, unchanged=True, validators=kept)
     pagination = source.pagination
     next_expression = pagination.next if pagination is not None else None
     first = await parsers.extract(source, fetched, http, next_expression)
@@ -315,7 +340,18 @@ async def _fetch_items(
             client, source, http, limits, fetched, first, params,
             lambda page: parsers.extract(source, page, http, next_expression),
         )  # fmt: skip
-    return Fetch(fetched, items, digest)
+    return Fetch(fetched, items, digest, validators=kept)
+
+
+def _confirms_hold(state: SourceState | None, got: Fetch, sent: Validators) -> bool:
+    """An unchanged answer while deletions are held: the same content, so it confirms them.
+
+    The same bytes, or a 304 to the validators of the body that caused the hold
+    (a 304 to an unconditional request means nothing).
+    """
+    if state is None or not state.held_deletes:
+        return False
+    return got.fetched.body is not None or sent != NONE
 
 
 async def _digest(fetched: Fetched) -> bytes:
@@ -330,20 +366,55 @@ async def _digest(fetched: Fetched) -> bytes:
 
 
 def _commit(
-    store: Store, source: Source, state: SourceState | None, items: Mapping[str, Item],
-    fetched: Fetched, subscribers: Sequence[Subscriber], now: float, digest: bytes | None,
+    store: Store, source: Source, state: SourceState | None, got: Fetch,
+    subscribers: Sequence[Subscriber], now: float,
 ) -> PollWrite:  # fmt: skip
-    """Diff against the stored state and write everything in one transaction (DB thread)."""
-    write = replace(
-        plan(store, source, state, items, fetched, subscribers, now), body_digest=digest
-    )
+    """Diff against the stored state and write everything in one transaction (DB thread).
+
+    An unchanged answer gets here only to confirm held deletions: its items are
+    the stored ones without the held keys, its validators those stored.
+    """
+    if got.unchanged:
+        assert state is not None and state.held_deletes
+        full = got.fetched.body is not None
+        kept = got.validators if full else (state.etag, state.last_modified)
+        write = plan(store, source, state, _without_held(store, state), kept, subscribers, now)
+        write = replace(write, body_digest=state.body_digest, trust=state.trust,
+                        full_at=now if full else state.full_at)  # fmt: skip
+    else:
+        write = plan(store, source, state, got.items, got.validators, subscribers, now)
+        write = replace(write, body_digest=got.digest, full_at=now, trust=_trust(state, got, write))
     store.commit_poll(write, now)
     return write
 
 
+def _without_held(store: Store, state: SourceState) -> dict[str, Item]:
+    """The items of the body that caused the hold: the stored ones, held keys left out."""
+    held = set(orjson.loads(state.held_deletes or "[]"))
+    stored = store.item_hashes(state.name)
+    return {key: Item(key, digest, None) for key, digest in stored.items() if key not in held}
+
+
+def _trust(state: SourceState | None, got: Fetch, write: PollWrite) -> str | None:
+    """The validators' trust after this whole body (a re-baseline starts over).
+
+    The stored validators are those kept (none after a weak Last-Modified); the
+    new ones are as received: too fresh to be sent back, they still show
+    whether the server changed them with the content.
+    """
+    if state is None or write.fingerprint != state.fingerprint:
+        return None
+    changed = bool(write.upserts or write.deletes or write.held_deletes)
+    return validators.judge(
+        state.trust, (state.etag, state.last_modified),
+        (got.fetched.etag, got.fetched.last_modified),
+        body_changed=got.digest != state.body_digest, items_changed=changed,
+    )  # fmt: skip
+
+
 def plan(
     store: Store, source: Source, state: SourceState | None, items: Mapping[str, Item],
-    fetched: Fetched, subscribers: Sequence[Subscriber], now: float,
+    kept: Validators, subscribers: Sequence[Subscriber], now: float,
 ) -> PollWrite:  # fmt: skip
     """Everything a successful poll would write, computed without writing (dry runs use it)."""
     stored = store.item_hashes(source.name)
@@ -391,8 +462,8 @@ def plan(
         items_count=len(items) + len(held)
         if source.incremental is None or baseline
         else len(stored) + len(delta.created),
-        etag=fetched.etag,
-        last_modified=fetched.last_modified,
+        etag=kept[0],
+        last_modified=kept[1],
         held_deletes=orjson.dumps(sorted(held)).decode() if held else None,
         cursor=cursor.advance(source, None if baseline or state is None else state.cursor, items),
     )

@@ -24,13 +24,15 @@ def source_status(store: Store, config: Outline | None) -> list[dict[str, Any]]:
         r["name"]: r
         for r in store.db.query(
             "SELECT name, last_poll_at, last_success_at, last_error, last_error_at,"
-            " consecutive_failures, items_count, health, held_deletes, cursor FROM sources"
+            " consecutive_failures, items_count, health, held_deletes, cursor, trust FROM sources"
         )
     }
     out = []
     for source in config.sources if config else ():
         row = rows.pop(source.name, None) or {"name": source.name, "consecutive_failures": 0}
         out.append(_with_outcome(row, source.interval))
+        if source.conditional == "never":
+            out[-1]["validators"] = "not used"
     out.extend(_with_outcome(row, None, configured=config is None) for row in rows.values())
     return out
 
@@ -41,6 +43,7 @@ def _with_outcome(
     row = dict(row)
     held = row.pop("held_deletes", None)  # deletions waiting for a confirming poll
     row["held_deletions"] = len(json.loads(held)) if held else 0
+    row["validators"] = row.pop("trust", None) or "unproven"  # see validators.py
     failures = row.get("consecutive_failures") or 0
     last = row.get("last_poll_at")
     row["outcome"] = "never polled" if last is None else ("failing" if failures else "ok")

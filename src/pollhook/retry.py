@@ -28,14 +28,22 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if value.isascii() and value.isdigit():  # str.isdigit() alone accepts "²" and "٣"
         seconds = float(value)
     else:
-        try:
-            date = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
+        at = http_date(value)
+        if at is None:
             return None
-        if date.tzinfo is None:  # asctime and "-0000" dates: HTTP-dates are always GMT
-            date = date.replace(tzinfo=UTC)
-        seconds = date.timestamp() - now
+        seconds = at - now
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def http_date(value: str) -> float | None:
+    """An HTTP-date (RFC 9110 §5.6.7, any of its three formats) as Unix time, or None."""
+    try:
+        date = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if date.tzinfo is None:  # asctime and "-0000" dates: HTTP-dates are always GMT
+        date = date.replace(tzinfo=UTC)
+    return date.timestamp()
 
 
 def delivery_delay(

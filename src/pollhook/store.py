@@ -33,7 +33,7 @@ from .outbox import IN_JSON, Outbox
 from .outbox import DueDelivery as DueDelivery  # re-exported: the delivery worker's types
 from .outbox import Outcome as Outcome
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 HASH_CACHE_MIN = 1000  # items: sources this large keep their hashes in memory
 
 _MIGRATIONS: dict[int, str] = {
@@ -104,6 +104,19 @@ _MIGRATIONS: dict[int, str] = {
     2: "ALTER TABLE sources ADD COLUMN cursor TEXT",
     # the digest of the body the stored items came from: the same bytes are not parsed again
     3: "ALTER TABLE sources ADD COLUMN body_digest BLOB",
+    # whether the upstream's validators earned trust (validators.py), and when a poll last
+    # saw a whole body; each delivery's item (source/key), so that one item's deliveries go
+    # out in detection order: the partial index finds an earlier pending one in one probe
+    4: """
+    ALTER TABLE sources ADD COLUMN trust TEXT;
+    ALTER TABLE sources ADD COLUMN full_at REAL;
+    ALTER TABLE deliveries ADD COLUMN item TEXT;
+    UPDATE deliveries SET item = (
+        SELECT e.source || '/' || e.key FROM events e
+        WHERE e.id = deliveries.event_id AND e.key IS NOT NULL
+    );
+    CREATE INDEX deliveries_item ON deliveries (subscriber, item, id) WHERE status = 'pending';
+    """,
 }
 
 
@@ -121,6 +134,8 @@ class SourceState:
     health: str
     cursor: str | None = None  # incremental mode's cursor, JSON
     body_digest: bytes | None = None  # of the body (and its type) the items were read from
+    trust: str | None = None  # the validators: None (unproven), "proven" or "lying"
+    full_at: float | None = None  # when a poll last got a whole body (not a 304)
 
 
 @dataclass(frozen=True)
@@ -150,11 +165,13 @@ class PollWrite:
     held_deletes: str | None = None
     cursor: str | None = None
     body_digest: bytes | None = None
+    trust: str | None = None
+    full_at: float | None = None
 
 
 _STATE_SELECT = (
     "SELECT name, fingerprint, etag, last_modified, consecutive_failures, items_count,"
-    " held_deletes, health, cursor, body_digest FROM sources"
+    " held_deletes, health, cursor, body_digest, trust, full_at FROM sources"
 )
 
 
@@ -317,15 +334,17 @@ class Store(Outbox):
             conn.execute(
                 "INSERT INTO sources (name, fingerprint, etag, last_modified, last_poll_at,"
                 " last_success_at, consecutive_failures, items_count, held_deletes, cursor,"
-                " body_digest) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
+                " body_digest, trust, full_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET fingerprint = excluded.fingerprint,"
                 " etag = excluded.etag, last_modified = excluded.last_modified,"
                 " last_poll_at = excluded.last_poll_at, last_success_at = excluded.last_success_at,"
                 " consecutive_failures = 0, items_count = excluded.items_count,"
                 " held_deletes = excluded.held_deletes, cursor = excluded.cursor,"
-                " body_digest = excluded.body_digest",
+                " body_digest = excluded.body_digest, trust = excluded.trust,"
+                " full_at = excluded.full_at",
                 (write.source, write.fingerprint, write.etag, write.last_modified, now, now,
-                 write.items_count, write.held_deletes, write.cursor, write.body_digest),
+                 write.items_count, write.held_deletes, write.cursor, write.body_digest,
+                 write.trust, write.full_at),
             )  # fmt: skip
         hashes = self._hashes.get(write.source)  # only once the transaction is committed
         if hashes is not None:
@@ -344,19 +363,25 @@ class Store(Outbox):
         )
         conn.executemany(
             "INSERT INTO deliveries (event_id, subscriber, status, attempts, next_attempt_at,"
-            " created_at, updated_at) VALUES (?, ?, 'pending', 0, ?, ?, ?)",
-            ((e.id, sub, now, now, now) for e in events for sub in e.subscribers),
+            " created_at, updated_at, item) VALUES (?, ?, 'pending', 0, ?, ?, ?, ?)",
+            (
+                (e.id, sub, now, now, now, None if e.key is None else f"{e.source}/{e.key}")
+                for e in events
+                for sub in e.subscribers
+            ),
         )
 
     def record_unchanged(
-        self, source: str, now: float, validators: tuple[str | None, str | None] | None = None
-    ) -> None:
-        """A 304 or identical body: a success that writes no items (maybe new validators)."""
+        self, source: str, now: float, validators: tuple[str | None, str | None] | None = None,
+        full: bool = False,
+    ) -> None:  # fmt: skip
+        """A 304 or identical body (`full`): a success that writes no items (maybe new validators)."""
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE sources SET last_poll_at = ?, last_success_at = ?, consecutive_failures = 0"
-                " WHERE name = ?",
-                (now, now, source),
+                "UPDATE sources SET last_poll_at = ?1, last_success_at = ?1,"
+                " consecutive_failures = 0, full_at = CASE WHEN ?2 THEN ?1 ELSE full_at END"
+                " WHERE name = ?3",
+                (now, full, source),
             )
             if validators is not None:
                 conn.execute(
@@ -364,17 +389,24 @@ class Store(Outbox):
                     (*validators, source),
                 )
 
-    def touch_sources(self, polled: Sequence[tuple[str, float]]) -> None:
-        """Record many unchanged polls at once (the poller batches its 304s).
+    def touch_sources(
+        self, polled: Sequence[tuple[str, float]], full: Sequence[tuple[str, float]] = ()
+    ) -> None:
+        """Record many unchanged polls at once (the poller batches its 304s and same bodies).
 
-        Only ever moves the times forward: a batch written after a later poll's
-        own commit must not turn its clock back.
+        `full` are those that got a whole body. Only ever moves the times
+        forward: a batch written after a later poll's own commit must not turn
+        its clock back.
         """
         with self.transaction() as conn:
             conn.executemany(
                 "UPDATE sources SET last_poll_at = max(coalesce(last_poll_at, 0), ?1),"
                 " last_success_at = max(coalesce(last_success_at, 0), ?1) WHERE name = ?2",
                 ((at, name) for name, at in polled),
+            )
+            conn.executemany(
+                "UPDATE sources SET full_at = max(coalesce(full_at, 0), ?1) WHERE name = ?2",
+                ((at, name) for name, at in full),
             )
 
     def record_failure(self, source: str, error: str, now: float) -> int:
