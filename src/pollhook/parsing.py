@@ -46,6 +46,7 @@ from .parse_worker import HASH_SIZE, LENGTH, SPEC_FIELDS
 log = logging.getLogger("pollhook.parsing")
 
 INLINE_JSON = 64 * 1024  # bytes of JSON parsed on the event loop; larger bodies go to a worker
+REAP_SECONDS = 2.0  # how long a worker that stopped answering has to be seen dead
 MIN_SECONDS = 1.0  # a parse gets at least this long, even if the request used its whole timeout
 
 
@@ -174,15 +175,28 @@ async def _ask(
             " (a huge or hostile body?); the parser was stopped"
         ) from None
     except (asyncio.IncompleteReadError, ConnectionError, orjson.JSONDecodeError):
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()  # if it is still there, it is not saying anything useful
-        code = await process.wait()
+        code = await _ended(process)
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         raise ExtractError(
             f"the parser died ({how}); its memory is capped at {memory / 1024**2:.0f} MiB"
             " (max_parse_memory)"
         ) from None
     return Extracted(_items(int(reply["count"]), *frames), reply.get("next"))
+
+
+async def _ended(process: asyncio.subprocess.Process) -> int:
+    """The exit status of a worker that stopped answering, killing it if it still runs.
+
+    A worker that died is left to asyncio's child watcher first: `kill()` on
+    it would reap it through Popen.poll() before the watcher does, and the
+    watcher would then report exit code 255 instead of the signal.
+    """
+    try:
+        return await asyncio.wait_for(asyncio.shield(process.wait()), REAP_SECONDS)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()  # still there, but not saying anything useful
+        return await process.wait()
 
 
 async def _frame(stream: asyncio.StreamReader, limit: int) -> bytes:
